@@ -1,0 +1,34 @@
+# RFSIS build and check targets. "make help" lists them.
+
+GO       ?= go
+FUZZTIME ?= 10s
+
+.DEFAULT_GOAL := all
+.PHONY: all help test fuzz vet bench clean
+
+all: ## Build ./echoserver (the demo echo server) at the repository root
+	$(GO) build -o echoserver ./cmd/echoserver
+
+help: ## List the targets
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+test: ## Run all tests with the race detector, then a short fuzz pass (FUZZTIME=10s per target)
+	$(GO) test -race -count=1 ./...
+	FUZZTIME=$(FUZZTIME) scripts/fuzz-short.sh
+
+fuzz: ## Run every fuzz target for longer (FUZZTIME=2m each unless set)
+	FUZZTIME=$(if $(filter command line environment,$(origin FUZZTIME)),$(FUZZTIME),2m) scripts/fuzz-short.sh
+
+vet: ## go vet, gofmt check, and staticcheck when installed
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l .); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; \
+	else echo "staticcheck not installed; skipped"; fi
+
+bench: ## Run the benchmark harness (cmd/rfsis-bench)
+	$(GO) run ./cmd/rfsis-bench
+
+clean: ## Remove built binaries and test caches
+	rm -f echoserver rfsisctl
+	$(GO) clean -testcache
