@@ -260,3 +260,20 @@ func pingFrame(dst netip.Addr, id, seq uint16, payload []byte) []byte {
 	return ethFrame(stackMAC, peerMAC, wire.EtherTypeIPv4,
 		ipv4Packet(wire.IPv4Header{Protocol: wire.ProtoICMP, Src: peerIP, Dst: dst}, echoRequest(id, seq, payload)))
 }
+
+// expectStats waits until ok holds for the stack's counters: the stack
+// counts a frame just after writing it, so the peer may see it first.
+func (h *harness) expectStats(ok func(Stats) bool) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := h.s.Stats()
+		if ok(st) {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("stats not as expected: %+v", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

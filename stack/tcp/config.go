@@ -49,9 +49,6 @@ type Config struct {
 	// not predictable across connections (RFC 7323 5.4) and a restored
 	// connection can continue the clock it had.
 	TimestampOffset uint32
-
-	// Derived from the Disable fields by setDefaults.
-	WindowScaling, SACK, Timestamps bool `json:"-"`
 }
 
 // DefaultConfig returns the defaults, filled in.
@@ -98,9 +95,6 @@ func (c *Config) setDefaults() {
 	if c.ChallengeACKLimit == 0 {
 		c.ChallengeACKLimit = 10
 	}
-	c.WindowScaling = !c.DisableWindowScaling
-	c.SACK = !c.DisableSACK
-	c.Timestamps = !c.DisableTimestamps
 }
 
 // ErrInvalidConfig is wrapped by Validate's errors.

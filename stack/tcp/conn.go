@@ -172,7 +172,7 @@ type Conn struct {
 	rstPending bool
 	rstSeq     Seq
 
-	rstAbort   bool // the pending RST ends the connection: gated by CloseOK
+	rstAbort bool // the pending RST ends the connection: gated by CloseOK
 
 	gate    Gate
 	out     Segment // reused for every emitted segment
@@ -188,22 +188,22 @@ func (r seqRange) len() uint32 { return r.end.Sub(r.start) }
 func newConn(cfg Config, id FourTuple, iss Seq, now time.Time) *Conn {
 	cfg.setDefaults()
 	c := &Conn{
-		cfg:            cfg,
-		id:             id,
-		iss:            iss,
-		sndUna:         iss,
-		sndNxt:         iss,
-		rexmitNxt:      iss,
-		sndBufSeq:      iss + 1,
-		sndBuf:         newRing(cfg.SendBufferSize),
-		rcvBuf:         newRing(cfg.ReceiveBufferSize),
-		rto:            cfg.InitialRTO,
-		ssthresh:       ^uint32(0) >> 2,
-		tsEpoch:        now,
-		tsOffset:       cfg.TimestampOffset,
-		quickAcks:      16,
-		lastRecv:       now,
-		sendMSS:        536,
+		cfg:             cfg,
+		id:              id,
+		iss:             iss,
+		sndUna:          iss,
+		sndNxt:          iss,
+		rexmitNxt:       iss,
+		sndBufSeq:       iss + 1,
+		sndBuf:          newRing(cfg.SendBufferSize),
+		rcvBuf:          newRing(cfg.ReceiveBufferSize),
+		rto:             cfg.InitialRTO,
+		ssthresh:        ^uint32(0) >> 2,
+		tsEpoch:         now,
+		tsOffset:        cfg.TimestampOffset,
+		quickAcks:       16,
+		lastRecv:        now,
+		sendMSS:         536,
 		recover:         iss,
 		recoveryRexmit:  iss,
 		rtoRecoveryHigh: iss,
@@ -257,14 +257,14 @@ func (c *Conn) negotiate(syn *Segment) {
 		mss = syn.MSS
 	}
 	c.sendMSS = min(mss, c.cfg.MSS)
-	c.wsOK = c.cfg.WindowScaling && syn.WScale >= 0
+	c.wsOK = !c.cfg.DisableWindowScaling && syn.WScale >= 0
 	if c.wsOK {
 		c.sndShift = uint8(syn.WScale)
 	} else {
 		c.rcvShift = 0
 	}
-	c.sackOK = c.cfg.SACK && syn.SACKPermitted
-	c.tsOK = c.cfg.Timestamps && syn.HasTS
+	c.sackOK = !c.cfg.DisableSACK && syn.SACKPermitted
+	c.tsOK = !c.cfg.DisableTimestamps && syn.HasTS
 	if c.tsOK {
 		c.tsRecent = syn.TSVal
 	}

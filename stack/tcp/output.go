@@ -70,11 +70,11 @@ func (c *Conn) sendSYN(now time.Time, emit func(*Segment)) {
 	// A SYN offers every option we have on; a SYN-ACK answers only those
 	// the peer offered (RFC 7323, 2018).
 	active := c.state == StateSynSent
-	if c.cfg.WindowScaling && (active || c.wsOK) {
+	if !c.cfg.DisableWindowScaling && (active || c.wsOK) {
 		s.WScale = int8(c.rcvShift)
 	}
-	s.SACKPermitted = c.cfg.SACK && (active || c.sackOK)
-	if c.cfg.Timestamps && (active || c.tsOK) {
+	s.SACKPermitted = !c.cfg.DisableSACK && (active || c.sackOK)
+	if !c.cfg.DisableTimestamps && (active || c.tsOK) {
 		s.HasTS = true
 		s.TSVal = c.tsNow(now)
 		s.TSEcr = c.tsRecent

@@ -23,9 +23,9 @@ type sim struct {
 	// drop, when set, decides whether a segment sent by side from is lost.
 	drop func(from int, s *Segment) bool
 	// reorder, when set, adds extra delay to a segment.
-	reorder func(from int, s *Segment) time.Duration
-	sent    [2][]Segment // every segment each side emitted (payload copied)
-	recv    [2]bytes.Buffer
+	reorder  func(from int, s *Segment) time.Duration
+	sent     [2][]Segment // every segment each side emitted (payload copied)
+	recv     [2]bytes.Buffer
 	autoRead [2]bool
 }
 
