@@ -94,10 +94,10 @@ func (t *arpTable) hold(ip netip.Addr, p *packet, now time.Time) (request bool, 
 }
 
 // learn merges the mapping ip -> mac (RFC 826): an existing entry is
-// updated; a new one is made only when create is set (we were the target of
-// the ARP packet, so the sender will likely talk to us). Packets waiting for
-// ip are handed to send, oldest first. learn reports whether the table holds
-// the mapping afterwards.
+// updated; a new one is made only when create is set (the packet was a
+// request for one of our addresses, so the sender will talk to us). Packets
+// waiting for ip are handed to send, oldest first. learn reports whether the
+// table holds the mapping afterwards.
 func (t *arpTable) learn(ip netip.Addr, mac wire.MAC, now time.Time, create bool, send func(*packet, wire.MAC)) bool {
 	e := t.entries[ip]
 	if e == nil {
@@ -196,8 +196,8 @@ func (s *Stack) arpLoop() {
 }
 
 // handleARP processes a received ARP packet following RFC 826: merge the
-// sender's mapping, add it if we are the target, answer a request for one of
-// our addresses.
+// sender's mapping, add it if the packet is a request for one of our
+// addresses, and answer such a request.
 func (s *Stack) handleARP(b []byte) {
 	a, err := wire.ParseARP(b)
 	if err != nil {
@@ -228,10 +228,13 @@ func (s *Stack) handleARP(b []byte) {
 	}
 	isTarget := s.HasAddress(tpa)
 	// Only on-link senders are worth keeping: we never resolve anything
-	// else. Sender 0.0.0.0 is an RFC 5227 probe and teaches nothing.
+	// else. Sender 0.0.0.0 is an RFC 5227 probe and teaches nothing. A new
+	// entry is made only for a request to us (the sender is about to talk
+	// to us); like Linux, an unsolicited reply only updates, which makes
+	// cache poisoning with made-up replies harder.
 	if s.prefix.Contains(spa) && !spa.IsUnspecified() {
 		s.arpMu.Lock()
-		s.arp.learn(spa, sha, s.now(), isTarget, s.sendHeldFn)
+		s.arp.learn(spa, sha, s.now(), isTarget && op == wire.ARPRequest, s.sendHeldFn)
 		s.arpMu.Unlock()
 	}
 	if isTarget && op == wire.ARPRequest {

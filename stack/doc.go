@@ -32,7 +32,8 @@
 //     error.
 //   - ARP follows RFC 826's merge rule: a mapping is updated by any ARP packet
 //     from its address (so a peer's gratuitous ARP after its own failover takes
-//     effect at once), and created only when we are the target. A mapping
+//     effect at once), and created only by a request for one of our addresses
+//     (as in Linux, an unsolicited reply creates nothing). A mapping
 //     lives Config.ARP.Lifetime; while still in use near its end it is
 //     refreshed with unicast requests, so traffic never stalls on expiry.
 //     Unresolved destinations hold a bounded queue of packets (oldest dropped

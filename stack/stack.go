@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/zppratt/rfsis/link"
+	"github.com/zppratt/rfsis/stack/tcp"
 	"github.com/zppratt/rfsis/stack/wire"
 )
 
@@ -43,6 +44,9 @@ type Config struct {
 	Logger *slog.Logger
 	// ARP tunes address resolution.
 	ARP ARPConfig
+	// TCP is the default configuration of TCP connections; a zero MSS
+	// means the device's MTU less 40.
+	TCP tcp.Config
 }
 
 // ARPConfig tunes the ARP cache. Zero fields take the values of Default.
@@ -164,7 +168,7 @@ type Stack struct {
 	gw      netip.Addr
 	primary netip.Addr
 	log     *slog.Logger
-	now     func() time.Time // the wall clock; tests may replace it before traffic flows
+	now     func() time.Time // the clock of the ARP timers: time.Now, or a test's script
 
 	// addrs is the immutable list of owned addresses, replaced whole under
 	// mu, so the receive path reads it without a lock.
@@ -178,6 +182,7 @@ type Stack struct {
 	requestFn  func(netip.Addr)
 
 	transport atomic.Pointer[transportBox]
+	tcp       *tcpTable
 	ipID      atomic.Uint32
 	pool      sync.Pool // of *packet
 
@@ -230,6 +235,16 @@ func start(dev link.Device, cfg Config, now func() time.Time) (*Stack, error) {
 	s.ipID.Store(rand.Uint32())
 	s.pool.New = func() any { return &packet{buf: make([]byte, wire.EthernetHeaderLen+mtu)} }
 
+	tcfg := cfg.TCP
+	if tcfg.MSS == 0 {
+		tcfg.MSS = uint16(min(mtu-40, 0xffff))
+	}
+	if err := tcfg.Validate(); err != nil {
+		return nil, fmt.Errorf("stack: Config.TCP: %w", err)
+	}
+	s.tcp = newTCPTable(s, tcfg)
+	s.setTransport(s.tcp)
+
 	s.wg.Add(2)
 	go s.readLoop()
 	go s.arpLoop()
@@ -246,6 +261,10 @@ func (s *Stack) Close() error {
 		s.mu.Unlock()
 		return nil
 	}
+	s.mu.Unlock()
+	// Connections end first, while their resets can still go out.
+	s.tcp.close()
+	s.mu.Lock()
 	s.closed.Store(true)
 	close(s.done)
 	s.mu.Unlock()
@@ -263,7 +282,7 @@ func (s *Stack) Close() error {
 func (s *Stack) MTU() int { return s.mtu }
 
 // MAC is the stack's Ethernet address.
-func (s *Stack) MAC() net.HardwareAddr { return net.HardwareAddr(s.mac[:]) }
+func (s *Stack) MAC() net.HardwareAddr { return net.HardwareAddr(slices.Clone(s.mac[:])) }
 
 // Addr is the primary address (Config.Addr).
 func (s *Stack) Addr() netip.Addr { return s.primary }

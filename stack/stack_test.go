@@ -289,9 +289,11 @@ func TestARPMergeUpdatesMAC(t *testing.T) {
 	if e, _ := h.recvIPv4(); e.Dst() != newMAC {
 		t.Fatalf("sent to %v, want the announced %v", e.Dst(), newMAC)
 	}
+	// An unsolicited reply to us creates no entry either.
+	h.send(arpFrame(stackMAC, wire.ARPReply, newMAC, otherIP, stackMAC, stackIP))
 	// A gratuitous ARP for an address we have no entry for creates none.
 	h.send(arpFrame(wire.BroadcastMAC, wire.ARPRequest, newMAC, otherIP, wire.MAC{}, otherIP))
-	waitFor(t, "second gratuitous ARP", func() bool { return h.s.Stats().ARPRequestsIn == 3 })
+	waitFor(t, "second gratuitous ARP", func() bool { return h.s.Stats().ARPIn == 4 })
 	h.sendData(stackIP, otherIP, wire.ProtoUDP, nil)
 	h.recvARP()
 }
@@ -441,6 +443,7 @@ func TestICMPEcho(t *testing.T) {
 
 func TestInputDrops(t *testing.T) {
 	h := newHarness(t, testConfig(t), nil)
+	h.s.setTransport(nil) // the TCP case below checks the no-handler count
 	h.introduce()
 	ping := func(mod func(*wire.IPv4Header)) []byte {
 		ih := wire.IPv4Header{Protocol: wire.ProtoICMP, Src: peerIP, Dst: stackIP}
@@ -731,5 +734,25 @@ func BenchmarkInputICMPEcho(b *testing.B) {
 	for b.Loop() {
 		s.input(f)
 		peer.ReadFrame(buf)
+	}
+}
+
+func TestAccessors(t *testing.T) {
+	h := newHarness(t, testConfig(t), nil)
+	if h.s.MTU() != 1500 || h.s.Addr() != stackIP {
+		t.Fatalf("MTU %d Addr %v", h.s.MTU(), h.s.Addr())
+	}
+	mac := h.s.MAC()
+	if !bytes.Equal(mac, stackMAC[:]) {
+		t.Fatalf("MAC %v", mac)
+	}
+	mac[0] = 0xff // a copy: the stack's own address must not change
+	if !bytes.Equal(h.s.MAC(), stackMAC[:]) {
+		t.Fatal("MAC returned the stack's own storage")
+	}
+	addrs := h.s.Addresses()
+	addrs[0] = otherIP
+	if !h.s.HasAddress(stackIP) || h.s.HasAddress(otherIP) {
+		t.Fatal("Addresses returned the stack's own storage")
 	}
 }

@@ -850,3 +850,6 @@ func (c *Conn) addOOO(r seqRange) {
 	c.ooo = append(c.ooo[:i+1], c.ooo[j:]...)
 	c.lastOOO = r
 }
+
+// SetNoDelay turns Nagle's algorithm off (true) or back on.
+func (c *Conn) SetNoDelay(noDelay bool) { c.cfg.NoDelay = noDelay }

@@ -1,0 +1,199 @@
+// Package rfsis is the developer framework of RFSIS, the Redundant
+// Failover Seamless IP Stack: Run is the Go form of the original
+// project's runPicoStack(program). It opens the TAP device named in the
+// configuration, starts the user-space stack on it, and runs the
+// application, which serves clients through ordinary Go networking: a
+// net.Listener whose Accept returns net.Conns.
+//
+//	func main() {
+//		cfg, err := config.Load("conf/config.json")
+//		if err != nil { log.Fatal(err) }
+//		err = rfsis.Run(cfg, func(ctx context.Context, n *rfsis.Node) error {
+//			l, err := n.Listen()
+//			if err != nil { return err }
+//			return rfsis.Serve(ctx, l, func(c net.Conn) { io.Copy(c, c) })
+//		})
+//		if err != nil { log.Fatal(err) }
+//	}
+//
+// The same binary runs on both nodes; the configuration decides the role.
+// Failover (the backup keeping a live copy of every connection) is not
+// built yet: see the README's status section.
+package rfsis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/zppratt/rfsis/config"
+	"github.com/zppratt/rfsis/link"
+	"github.com/zppratt/rfsis/link/tap"
+	"github.com/zppratt/rfsis/stack"
+)
+
+// App is an application: it runs until it returns or ctx is cancelled
+// (on SIGINT or SIGTERM under Run), and should return promptly then.
+type App func(ctx context.Context, n *Node) error
+
+// ErrBackupRole is returned when the configuration asks for the backup
+// role, which needs the failover layer that is not built yet.
+var ErrBackupRole = errors.New("rfsis: the backup role needs failover, which is not implemented yet")
+
+// Options are the knobs of RunContext beyond the configuration file.
+type Options struct {
+	// Logger receives the framework's and the stack's logs; nil makes one
+	// on standard error from the configuration (debug_mode, log_format).
+	Logger *slog.Logger
+	// Device replaces the TAP device named in the configuration (tests
+	// use an in-memory link.Device).
+	Device link.Device
+}
+
+// Run runs app on a stack configured by cfg until app returns or the
+// process gets SIGINT or SIGTERM. It is the Go form of runPicoStack.
+func Run(cfg config.Config, app App) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return RunContext(ctx, cfg, app, Options{})
+}
+
+// NewLogger builds the logger Run uses for cfg: text or JSON on standard
+// error, at debug level when debug_mode is on.
+func NewLogger(cfg config.Config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel()}
+	if cfg.LogFormat == config.LogFormatJSON {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// RunContext is Run with a context and options.
+func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Backup {
+		return ErrBackupRole
+	}
+	log := opts.Logger
+	if log == nil {
+		log = NewLogger(cfg)
+	}
+	dev := opts.Device
+	if dev == nil {
+		d, err := tap.Open(tap.Config{Name: cfg.TapDeviceName})
+		if err != nil {
+			return fmt.Errorf("rfsis: open TAP %q: %w", cfg.TapDeviceName, err)
+		}
+		dev = d
+	}
+	scfg := stack.Default()
+	scfg.Addr = cfg.IPv4Addr
+	scfg.Prefix = cfg.Prefix()
+	scfg.MAC = cfg.HardwareAddr()
+	scfg.Gateway = cfg.Gateway
+	scfg.Logger = log
+	st, err := stack.New(dev, scfg)
+	if err != nil {
+		dev.Close()
+		return fmt.Errorf("rfsis: start stack: %w", err)
+	}
+	defer st.Close()
+	if cfg.MainAddr.IsValid() && cfg.MainAddr != cfg.IPv4Addr {
+		if err := st.AddAddress(cfg.MainAddr); err != nil {
+			return fmt.Errorf("rfsis: main_addr: %w", err)
+		}
+	}
+	// Tell the LAN at once that the service address is here now.
+	if err := st.SendGratuitousARP(cfg.IPv4Addr, 3, 200*time.Millisecond); err != nil {
+		log.Warn("gratuitous ARP failed", "err", err)
+	}
+	log.Info("stack up", "device", dev.Name(), "addr", cfg.IPv4Addr, "mac", st.MAC().String(), "port", cfg.Port, "role", "main")
+	n := &Node{cfg: cfg, st: st, log: log}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	return app(ctx, n)
+}
+
+// Node is a running stack as the application sees it.
+type Node struct {
+	cfg config.Config
+	st  *stack.Stack
+	log *slog.Logger
+}
+
+// Listen listens on the service address and port of the configuration.
+func (n *Node) Listen() (net.Listener, error) {
+	return n.ListenPort(n.cfg.Port)
+}
+
+// ListenPort listens on the service address and another port.
+func (n *Node) ListenPort(port uint16) (net.Listener, error) {
+	return n.st.ListenTCP(netip.AddrPortFrom(n.cfg.IPv4Addr, port), stack.ListenConfig{})
+}
+
+// Dial opens a connection from the node's own address.
+func (n *Node) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
+	return n.st.DialTCP(ctx, n.cfg.IPv4Addr, addr)
+}
+
+// Config returns the node's configuration.
+func (n *Node) Config() config.Config { return n.cfg }
+
+// Logger returns the node's logger.
+func (n *Node) Logger() *slog.Logger { return n.log }
+
+// Stack returns the node's stack, for statistics and advanced use.
+func (n *Node) Stack() *stack.Stack { return n.st }
+
+// Serve accepts connections on l and runs handle for each on its own
+// goroutine until ctx is done or l fails. On return, l is closed and every
+// connection has been closed and its handler has returned.
+func Serve(ctx context.Context, l net.Listener, handle func(net.Conn)) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := make(map[net.Conn]struct{})
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	var err error
+	for {
+		c, aerr := l.Accept()
+		if aerr != nil {
+			if ctx.Err() == nil {
+				err = aerr
+			}
+			break
+		}
+		mu.Lock()
+		conns[c] = struct{}{}
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				c.Close()
+			}()
+			handle(c)
+		}()
+	}
+	l.Close()
+	mu.Lock()
+	for c := range conns {
+		c.Close()
+	}
+	mu.Unlock()
+	wg.Wait()
+	return err
+}

@@ -1,0 +1,371 @@
+package stack
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/zppratt/rfsis/stack/tcp"
+)
+
+// Accept waits for the next connection: net.Listener.
+func (l *Listener) Accept() (net.Conn, error) { return l.AcceptTCP() }
+
+// AcceptTCP is Accept with the concrete type.
+func (l *Listener) AcceptTCP() (*Conn, error) {
+	for {
+		select {
+		case ep := <-l.queue:
+			select {
+			case <-ep.done:
+				continue // reset before it was accepted
+			default:
+			}
+			return newConn(ep), nil
+		case <-l.done:
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+		}
+	}
+}
+
+// Close stops listening and resets connections not yet accepted. It is
+// idempotent.
+func (l *Listener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	close(l.done)
+	l.mu.Unlock()
+	l.t.mu.Lock()
+	if l.t.listeners[l.key] == l {
+		delete(l.t.listeners, l.key)
+	}
+	l.t.mu.Unlock()
+	for {
+		select {
+		case ep := <-l.queue:
+			ep.abort()
+		default:
+			return nil
+		}
+	}
+}
+
+// Addr returns the listening address.
+func (l *Listener) Addr() net.Addr { return net.TCPAddrFromAddrPort(l.key) }
+
+// Conn is a TCP connection of the stack: a net.Conn with the extras of
+// *net.TCPConn that applications use (CloseWrite, CloseRead, SetNoDelay).
+type Conn struct {
+	ep            *endpoint
+	laddr, raddr  *net.TCPAddr
+	rdl, wdl      deadline
+	rmu, wmu      sync.Mutex // one reader, one writer at a time
+	closeOnce     sync.Once
+	closed        chan struct{}
+	readShut      bool
+	writeShutOnce sync.Once
+}
+
+func newConn(ep *endpoint) *Conn {
+	id := ep.id
+	return &Conn{
+		ep:     ep,
+		laddr:  &net.TCPAddr{IP: id.LocalAddr.AsSlice(), Port: int(id.LocalPort)},
+		raddr:  &net.TCPAddr{IP: id.RemoteAddr.AsSlice(), Port: int(id.RemotePort)},
+		rdl:    newDeadline(),
+		wdl:    newDeadline(),
+		closed: make(chan struct{}),
+	}
+}
+
+func (c *Conn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.laddr, Addr: c.raddr, Err: err}
+}
+
+// connError maps a connection's end to the errno a kernel socket would
+// report, keeping the tcp sentinel reachable through errors.Is too.
+func connError(err error) error {
+	var errno syscall.Errno
+	switch {
+	case err == nil:
+		return io.EOF
+	case errors.Is(err, tcp.ErrConnReset):
+		errno = syscall.ECONNRESET
+	case errors.Is(err, tcp.ErrRefused):
+		errno = syscall.ECONNREFUSED
+	case errors.Is(err, tcp.ErrTimeout):
+		errno = syscall.ETIMEDOUT
+	case errors.Is(err, tcp.ErrAborted):
+		errno = syscall.ECONNABORTED
+	default:
+		return err
+	}
+	return &connErr{errno: errno, cause: err}
+}
+
+type connErr struct {
+	errno syscall.Errno
+	cause error
+}
+
+func (e *connErr) Error() string   { return e.errno.Error() }
+func (e *connErr) Unwrap() []error { return []error{e.errno, e.cause} }
+
+func (c *Conn) isClosed() bool {
+	select {
+	case <-c.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Read reads received bytes: net.Conn.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	for {
+		if c.isClosed() {
+			return 0, c.opError("read", net.ErrClosed)
+		}
+		if c.rdl.expired() {
+			return 0, c.opError("read", os.ErrDeadlineExceeded)
+		}
+		if len(p) == 0 {
+			return 0, nil
+		}
+		ep := c.ep
+		ep.mu.Lock()
+		n := ep.c.Read(p)
+		if n > 0 {
+			now := time.Now()
+			ep.afterLocked(now)
+			ep.mu.Unlock()
+			return n, nil
+		}
+		eof, gone, err := ep.c.EOF(), ep.gone, ep.c.Err()
+		ep.mu.Unlock()
+		if eof || c.readShut {
+			return 0, io.EOF
+		}
+		if gone {
+			if err == nil {
+				return 0, io.EOF
+			}
+			return 0, c.opError("read", connError(err))
+		}
+		select {
+		case <-ep.readable:
+		case <-c.rdl.wait():
+		case <-c.closed:
+		}
+	}
+}
+
+// Write sends p, blocking while the send buffer is full: net.Conn.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	total := 0
+	for {
+		if c.isClosed() {
+			return total, c.opError("write", net.ErrClosed)
+		}
+		if c.wdl.expired() {
+			return total, c.opError("write", os.ErrDeadlineExceeded)
+		}
+		ep := c.ep
+		ep.mu.Lock()
+		n, err := ep.c.Write(p[total:])
+		if n > 0 {
+			ep.afterLocked(time.Now())
+		}
+		ep.mu.Unlock()
+		total += n
+		if err != nil {
+			if errors.Is(err, tcp.ErrWriteClosed) || errors.Is(err, tcp.ErrNotOpen) {
+				err = syscall.EPIPE
+			} else {
+				err = connError(err)
+			}
+			return total, c.opError("write", err)
+		}
+		if total == len(p) {
+			return total, nil
+		}
+		if n > 0 {
+			continue
+		}
+		select {
+		case <-ep.writable:
+		case <-c.wdl.wait():
+		case <-c.closed:
+		}
+	}
+}
+
+// Close closes the connection: queued data is still delivered, then a
+// FIN; unread received data makes it a reset instead (as Linux does). It
+// is idempotent; later calls to the Conn return net.ErrClosed.
+func (c *Conn) Close() error {
+	first := false
+	c.closeOnce.Do(func() {
+		first = true
+		close(c.closed)
+		ep := c.ep
+		ep.mu.Lock()
+		defer ep.mu.Unlock()
+		if ep.gone {
+			return
+		}
+		now := time.Now()
+		if ep.c.Readable() > 0 {
+			ep.c.Abort(now)
+		} else {
+			ep.c.CloseRead()
+			ep.c.Close(now)
+		}
+		ep.afterLocked(now)
+	})
+	if !first {
+		return c.opError("close", net.ErrClosed)
+	}
+	return nil
+}
+
+// CloseWrite sends a FIN after the queued data; reading goes on.
+func (c *Conn) CloseWrite() error {
+	if c.isClosed() {
+		return c.opError("close", net.ErrClosed)
+	}
+	c.writeShutOnce.Do(func() {
+		ep := c.ep
+		ep.mu.Lock()
+		defer ep.mu.Unlock()
+		now := time.Now()
+		ep.c.CloseWrite(now)
+		ep.afterLocked(now)
+	})
+	return nil
+}
+
+// CloseRead discards received and future data; reads return io.EOF.
+func (c *Conn) CloseRead() error {
+	if c.isClosed() {
+		return c.opError("close", net.ErrClosed)
+	}
+	ep := c.ep
+	ep.mu.Lock()
+	c.readShut = true
+	ep.c.CloseRead()
+	ep.afterLocked(time.Now())
+	ep.mu.Unlock()
+	signal(ep.readable)
+	return nil
+}
+
+// LocalAddr returns the local address: net.Conn.
+func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+
+// RemoteAddr returns the peer's address: net.Conn.
+func (c *Conn) RemoteAddr() net.Addr { return c.raddr }
+
+// SetDeadline sets both deadlines: net.Conn.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.opError("set", net.ErrClosed)
+	}
+	c.rdl.set(t)
+	c.wdl.set(t)
+	return nil
+}
+
+// SetReadDeadline sets the read deadline: net.Conn.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.opError("set", net.ErrClosed)
+	}
+	c.rdl.set(t)
+	return nil
+}
+
+// SetWriteDeadline sets the write deadline: net.Conn.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if c.isClosed() {
+		return c.opError("set", net.ErrClosed)
+	}
+	c.wdl.set(t)
+	return nil
+}
+
+// deadline is a settable point in time with a channel closed when it
+// passes, so blocked calls can select on it.
+type deadline struct {
+	mu    *sync.Mutex
+	timer **time.Timer
+	ch    *chan struct{}
+}
+
+func newDeadline() deadline {
+	ch := make(chan struct{})
+	var t *time.Timer
+	return deadline{mu: new(sync.Mutex), timer: &t, ch: &ch}
+}
+
+func (d deadline) set(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if *d.timer != nil && !(*d.timer).Stop() {
+		// The old timer fired (or is firing): start from a fresh channel.
+		*d.ch = make(chan struct{})
+	}
+	*d.timer = nil
+	select {
+	case <-*d.ch:
+		*d.ch = make(chan struct{})
+	default:
+	}
+	if t.IsZero() {
+		return
+	}
+	dur := time.Until(t)
+	if dur <= 0 {
+		close(*d.ch)
+		return
+	}
+	ch := *d.ch
+	*d.timer = time.AfterFunc(dur, func() { close(ch) })
+}
+
+func (d deadline) wait() <-chan struct{} {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return *d.ch
+}
+
+func (d deadline) expired() bool {
+	select {
+	case <-d.wait():
+		return true
+	default:
+		return false
+	}
+}
+
+// SetNoDelay turns Nagle's algorithm off (true) or on.
+func (c *Conn) SetNoDelay(noDelay bool) error {
+	// The core takes its config at creation; Nagle is the one knob
+	// applications flip later, so the Conn exposes it directly.
+	c.ep.mu.Lock()
+	defer c.ep.mu.Unlock()
+	c.ep.c.SetNoDelay(noDelay)
+	return nil
+}

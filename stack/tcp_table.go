@@ -1,0 +1,481 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zppratt/rfsis/stack/tcp"
+	"github.com/zppratt/rfsis/stack/wire"
+)
+
+// This file binds the sans-I/O TCP of stack/tcp to the stack: it owns the
+// table of connections and listeners, demultiplexes arriving segments,
+// serialises what connections emit into IPv4 datagrams, and drives each
+// connection's timers from the wall clock.
+//
+// Locking: each endpoint has a mutex that serialises every call into its
+// tcp.Conn; the table's mutex guards only the maps. The order is
+// endpoint, then table (never the reverse while calling into a Conn), then
+// the IP layer's locks below.
+
+// TCPStats counts TCP events; see Stack.TCPStats.
+type TCPStats struct {
+	SegmentsIn, SegmentsOut uint64
+	BadChecksum, Malformed  uint64
+	ResetsSent              uint64 // for segments that matched no connection
+	SYNBacklogDrops         uint64 // SYNs dropped: a listener's SYN backlog was full
+	AcceptQueueDrops        uint64 // handshakes reset: the accept queue was full
+	ActiveOpens             uint64
+	PassiveOpens            uint64
+	CurrentConnections      uint64
+}
+
+type tcpCounters struct {
+	segmentsIn, segmentsOut, badChecksum, malformed, resetsSent,
+	synBacklogDrops, acceptQueueDrops, activeOpens, passiveOpens atomic.Uint64
+}
+
+type tcpTable struct {
+	s   *Stack
+	cfg tcp.Config
+	isn *tcp.ISNGenerator
+
+	mu        sync.Mutex
+	conns     map[tcp.FourTuple]*endpoint
+	listeners map[netip.AddrPort]*Listener // an invalid Addr means any of ours
+	closed    bool
+
+	n tcpCounters
+}
+
+func newTCPTable(s *Stack, cfg tcp.Config) *tcpTable {
+	return &tcpTable{
+		s:         s,
+		cfg:       cfg,
+		isn:       tcp.NewISNGenerator(),
+		conns:     make(map[tcp.FourTuple]*endpoint),
+		listeners: make(map[netip.AddrPort]*Listener),
+	}
+}
+
+// handleTCP is the stack's transport hook: it runs on the read goroutine.
+func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte) {
+	t.n.segmentsIn.Add(1)
+	if wire.Checksum(b, wire.PseudoHeaderChecksum(src, dst, wire.ProtoTCP, uint16(len(b)))) != 0xffff {
+		t.n.badChecksum.Add(1)
+		return
+	}
+	var seg tcp.Segment
+	if err := tcp.Parse(b, &seg); err != nil {
+		t.n.malformed.Add(1)
+		return
+	}
+	id := tcp.FourTuple{LocalAddr: dst, LocalPort: seg.DstPort, RemoteAddr: src, RemotePort: seg.SrcPort}
+	now := time.Now()
+	t.mu.Lock()
+	ep := t.conns[id]
+	t.mu.Unlock()
+	if ep != nil {
+		ep.mu.Lock()
+		ep.c.Handle(now, &seg)
+		ep.afterLocked(now)
+		ep.mu.Unlock()
+		return
+	}
+	if seg.Flags&(tcp.FlagSYN|tcp.FlagACK|tcp.FlagRST) == tcp.FlagSYN && seg.Flags&tcp.FlagFIN == 0 {
+		if l := t.listenerFor(dst, seg.DstPort); l != nil {
+			t.passiveOpen(l, id, &seg, now)
+			return
+		}
+	}
+	t.sendReset(id, &seg)
+}
+
+func (t *tcpTable) listenerFor(addr netip.Addr, port uint16) *Listener {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if l := t.listeners[netip.AddrPortFrom(addr, port)]; l != nil {
+		return l
+	}
+	return t.listeners[netip.AddrPortFrom(netip.Addr{}, port)]
+}
+
+func (t *tcpTable) passiveOpen(l *Listener, id tcp.FourTuple, syn *tcp.Segment, now time.Time) {
+	if !l.reserveHalfOpen() {
+		t.n.synBacklogDrops.Add(1)
+		return // the client retransmits its SYN; a flood costs us nothing
+	}
+	c := tcp.NewPassive(l.cfg, id, t.isn.ISN(id, now), syn, now)
+	ep := newEndpoint(t, c)
+	ep.listener = l
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		l.releaseHalfOpen()
+		return
+	}
+	t.conns[id] = ep
+	t.mu.Unlock()
+	t.n.passiveOpens.Add(1)
+	ep.mu.Lock()
+	ep.afterLocked(now)
+	ep.mu.Unlock()
+}
+
+// sendReset answers a segment that matched nothing (RFC 9293 3.10.7.1).
+func (t *tcpTable) sendReset(id tcp.FourTuple, seg *tcp.Segment) {
+	rst, ok := tcp.ResetFor(seg)
+	if !ok {
+		return
+	}
+	t.n.resetsSent.Add(1)
+	t.send(id, &rst)
+}
+
+// send serialises seg into a datagram from id's local to its remote end.
+func (t *tcpTable) send(id tcp.FourTuple, seg *tcp.Segment) {
+	p := t.s.newPacket()
+	n := tcp.HeaderLen + seg.OptionsLen() + len(seg.Payload)
+	ph := wire.PseudoHeaderChecksum(id.LocalAddr, id.RemoteAddr, wire.ProtoTCP, uint16(n))
+	seg.Marshal(p.payload(), ph, wire.Checksum)
+	if t.s.sendIPv4(p, id.LocalAddr, id.RemoteAddr, wire.ProtoTCP, n) == nil {
+		t.n.segmentsOut.Add(1)
+	}
+}
+
+func (t *tcpTable) remove(ep *endpoint) {
+	t.mu.Lock()
+	if t.conns[ep.id] == ep {
+		delete(t.conns, ep.id)
+	}
+	t.mu.Unlock()
+}
+
+// ephemeralPort picks a free local port for an active open from the
+// range Linux uses, at random (RFC 6056).
+func (t *tcpTable) ephemeralPort(local, remote netip.AddrPort) (uint16, error) {
+	const lo, hi = 32768, 60999
+	start := rand.IntN(hi - lo + 1)
+	for i := range hi - lo + 1 {
+		port := uint16(lo + (start+i)%(hi-lo+1))
+		id := tcp.FourTuple{LocalAddr: local.Addr(), LocalPort: port, RemoteAddr: remote.Addr(), RemotePort: remote.Port()}
+		if _, used := t.conns[id]; !used && t.listeners[netip.AddrPortFrom(netip.Addr{}, port)] == nil {
+			return port, nil
+		}
+	}
+	return 0, errors.New("no free local port")
+}
+
+func (t *tcpTable) dial(ctx context.Context, local netip.Addr, remote netip.AddrPort, cfg tcp.Config) (*Conn, error) {
+	now := time.Now()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, ErrClosed
+	}
+	port, err := t.ephemeralPort(netip.AddrPortFrom(local, 0), remote)
+	if err != nil {
+		t.mu.Unlock()
+		return nil, err
+	}
+	id := tcp.FourTuple{LocalAddr: local, LocalPort: port, RemoteAddr: remote.Addr(), RemotePort: remote.Port()}
+	ep := newEndpoint(t, tcp.NewActive(cfg, id, t.isn.ISN(id, now), now))
+	t.conns[id] = ep
+	t.mu.Unlock()
+	t.n.activeOpens.Add(1)
+	ep.mu.Lock()
+	ep.afterLocked(now)
+	ep.mu.Unlock()
+	select {
+	case <-ep.established:
+		return newConn(ep), nil
+	case <-ep.done:
+		return nil, connError(ep.err())
+	case <-ctx.Done():
+		ep.abort()
+		return nil, ctx.Err()
+	}
+}
+
+// close aborts every connection and listener: the stack is going away.
+func (t *tcpTable) close() {
+	t.mu.Lock()
+	t.closed = true
+	eps := make([]*endpoint, 0, len(t.conns))
+	for _, ep := range t.conns {
+		eps = append(eps, ep)
+	}
+	ls := make([]*Listener, 0, len(t.listeners))
+	for _, l := range t.listeners {
+		ls = append(ls, l)
+	}
+	t.mu.Unlock()
+	for _, l := range ls {
+		l.Close()
+	}
+	for _, ep := range eps {
+		ep.abort()
+	}
+}
+
+func (t *tcpTable) stats() TCPStats {
+	t.mu.Lock()
+	cur := uint64(len(t.conns))
+	t.mu.Unlock()
+	return TCPStats{
+		SegmentsIn: t.n.segmentsIn.Load(), SegmentsOut: t.n.segmentsOut.Load(),
+		BadChecksum: t.n.badChecksum.Load(), Malformed: t.n.malformed.Load(),
+		ResetsSent: t.n.resetsSent.Load(), SYNBacklogDrops: t.n.synBacklogDrops.Load(),
+		AcceptQueueDrops: t.n.acceptQueueDrops.Load(), ActiveOpens: t.n.activeOpens.Load(),
+		PassiveOpens: t.n.passiveOpens.Load(), CurrentConnections: cur,
+	}
+}
+
+// endpoint is one connection in the table.
+type endpoint struct {
+	t  *tcpTable
+	id tcp.FourTuple
+
+	mu       sync.Mutex
+	c        *tcp.Conn
+	emitFn   func(*tcp.Segment) // ep.emit, bound once: no allocation per output
+	timer    *time.Timer
+	timerAt  time.Time
+	listener *Listener // until accepted or gone
+	gone     bool
+
+	// Wake-ups: buffered channels of one, signalled without blocking.
+	readable, writable chan struct{}
+	established        chan struct{} // closed once the handshake completes
+	done               chan struct{} // closed when the connection ends
+}
+
+func newEndpoint(t *tcpTable, c *tcp.Conn) *endpoint {
+	ep := &endpoint{
+		t: t, id: c.ID(), c: c,
+		readable:    make(chan struct{}, 1),
+		writable:    make(chan struct{}, 1),
+		established: make(chan struct{}),
+		done:        make(chan struct{}),
+	}
+	ep.emitFn = ep.emit
+	return ep
+}
+
+func (ep *endpoint) emit(seg *tcp.Segment) { ep.t.send(ep.id, seg) }
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// afterLocked runs after every call into the Conn: it sends what the
+// connection wants to send, wakes waiters, and re-arms the timer.
+func (ep *endpoint) afterLocked(now time.Time) {
+	ep.c.Output(now, ep.emitFn)
+	ev := ep.c.TakeEvents()
+	if ev&tcp.EventEstablished != 0 {
+		close(ep.established)
+		if l := ep.listener; l != nil {
+			ep.listener = nil
+			l.releaseHalfOpen()
+			if !l.enqueue(ep) {
+				ep.t.n.acceptQueueDrops.Add(1)
+				ep.c.Abort(now)
+				ep.c.Output(now, ep.emitFn)
+				ev |= ep.c.TakeEvents()
+			}
+		}
+	}
+	if ev&tcp.EventReadable != 0 {
+		signal(ep.readable)
+	}
+	if ev&tcp.EventWritable != 0 {
+		signal(ep.writable)
+	}
+	if ev&tcp.EventClosed != 0 && !ep.gone {
+		ep.gone = true
+		if l := ep.listener; l != nil {
+			ep.listener = nil
+			l.releaseHalfOpen()
+		}
+		if ep.timer != nil {
+			ep.timer.Stop()
+		}
+		ep.t.remove(ep)
+		close(ep.done)
+		signal(ep.readable)
+		signal(ep.writable)
+		return
+	}
+	if d := ep.c.NextDeadline(); !d.Equal(ep.timerAt) {
+		ep.timerAt = d
+		switch {
+		case d.IsZero():
+			if ep.timer != nil {
+				ep.timer.Stop()
+			}
+		case ep.timer == nil:
+			ep.timer = time.AfterFunc(d.Sub(now), ep.onTimer)
+		default:
+			ep.timer.Reset(d.Sub(now))
+		}
+	}
+}
+
+func (ep *endpoint) onTimer() {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.gone {
+		return
+	}
+	now := time.Now()
+	if d := ep.c.NextDeadline(); !d.IsZero() && now.Before(d) {
+		// Fired early for a deadline that moved: re-arm.
+		ep.timerAt = d
+		ep.timer.Reset(d.Sub(now))
+		return
+	}
+	ep.timerAt = time.Time{}
+	ep.c.Tick(now)
+	ep.afterLocked(now)
+}
+
+func (ep *endpoint) abort() {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.gone {
+		return
+	}
+	now := time.Now()
+	ep.c.Abort(now)
+	ep.afterLocked(now)
+}
+
+func (ep *endpoint) err() error {
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return ep.c.Err()
+}
+
+// Listener accepts TCP connections: a net.Listener.
+type Listener struct {
+	t     *tcpTable
+	key   netip.AddrPort
+	cfg   tcp.Config
+	queue chan *endpoint
+
+	mu       sync.Mutex
+	halfOpen int
+	backlog  int
+	closed   bool
+	done     chan struct{}
+}
+
+// ListenConfig tunes a listener.
+type ListenConfig struct {
+	// Backlog bounds the connections that completed the handshake but
+	// were not yet accepted; default 128 (Linux's somaxconn was 128 for
+	// long). SYNBacklog bounds the half-open ones; default 256.
+	Backlog, SYNBacklog int
+	// TCP is the configuration of accepted connections.
+	TCP tcp.Config
+}
+
+// ListenTCP listens on addr; an invalid (zero) address in addr means
+// every address of the stack, including ones added later.
+func (s *Stack) ListenTCP(addr netip.AddrPort, lc ListenConfig) (*Listener, error) {
+	t := s.tcpTable()
+	if lc.Backlog <= 0 {
+		lc.Backlog = 128
+	}
+	if lc.SYNBacklog <= 0 {
+		lc.SYNBacklog = 256
+	}
+	if lc.TCP == (tcp.Config{}) {
+		lc.TCP = t.cfg
+	}
+	if err := lc.TCP.Validate(); err != nil {
+		return nil, err
+	}
+	if addr.Port() == 0 {
+		return nil, fmt.Errorf("listen: port 0: %w", errBadPort)
+	}
+	l := &Listener{t: t, key: addr, cfg: lc.TCP, queue: make(chan *endpoint, lc.Backlog), backlog: lc.SYNBacklog, done: make(chan struct{})}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	if t.listeners[addr] != nil {
+		return nil, fmt.Errorf("listen on %v: %w", addr, errAddrInUse)
+	}
+	t.listeners[addr] = l
+	return l, nil
+}
+
+var (
+	errBadPort   = errors.New("invalid port")
+	errAddrInUse = errors.New("address already in use")
+)
+
+func (l *Listener) reserveHalfOpen() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.halfOpen >= l.backlog {
+		return false
+	}
+	l.halfOpen++
+	return true
+}
+
+func (l *Listener) releaseHalfOpen() {
+	l.mu.Lock()
+	l.halfOpen--
+	l.mu.Unlock()
+}
+
+func (l *Listener) enqueue(ep *endpoint) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	select {
+	case l.queue <- ep:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Stack) tcpTable() *tcpTable { return s.tcp }
+
+// DialTCP opens a connection from local (one of the stack's addresses) to
+// remote, waiting for the handshake until ctx is done.
+func (s *Stack) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (*Conn, error) {
+	opErr := func(err error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0)),
+			Addr: net.TCPAddrFromAddrPort(remote), Err: err}
+	}
+	if !s.HasAddress(local) {
+		return nil, opErr(ErrAddrNotOwned)
+	}
+	c, err := s.tcp.dial(ctx, local, remote, s.tcp.cfg)
+	if err != nil {
+		return nil, opErr(err)
+	}
+	return c, nil
+}
+
+// TCPStats returns a snapshot of the TCP counters.
+func (s *Stack) TCPStats() TCPStats { return s.tcp.stats() }
