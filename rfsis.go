@@ -90,7 +90,13 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 	}
 	dev := opts.Device
 	if dev == nil {
-		d, err := tap.Open(tap.Config{Name: cfg.TapDeviceName})
+		// Offloads (64 KiB frames each way) when the kernel allows them;
+		// plain frames otherwise.
+		d, err := tap.Open(tap.Config{Name: cfg.TapDeviceName, Offload: true})
+		if err != nil {
+			log.Warn("TAP offloads unavailable; using plain frames", "err", err)
+			d, err = tap.Open(tap.Config{Name: cfg.TapDeviceName})
+		}
 		if err != nil {
 			return fmt.Errorf("rfsis: open TAP %q: %w", cfg.TapDeviceName, err)
 		}

@@ -34,7 +34,7 @@ func FuzzStackInput(f *testing.F) {
 // shows up under the race detector or as a panic.
 type touchTransport struct{}
 
-func (touchTransport) handleTCP(_, _ netip.Addr, segment []byte) {
+func (touchTransport) handleTCP(_, _ netip.Addr, segment []byte, _ bool) {
 	var x byte
 	for _, c := range segment {
 		x ^= c

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/netip"
 
+	"github.com/zppratt/rfsis/link"
+
 	"github.com/zppratt/rfsis/stack/wire"
 )
 
@@ -39,14 +41,19 @@ const defaultTTL = 64
 // packet is a pooled outbound frame buffer of EthernetHeaderLen+MTU bytes.
 type packet struct {
 	buf []byte
-	n   int // frame length, once headers are written
+	n   int          // frame length, once headers are written
+	off link.Offload // offload metadata, for devices that take it
 }
 
 // payload is the room for the transport's header and data: MTU-20 bytes.
 func (p *packet) payload() []byte { return p.buf[headroom:] }
 
 // newPacket takes a buffer from the pool. Its contents are undefined.
-func (s *Stack) newPacket() *packet { return s.pool.Get().(*packet) }
+func (s *Stack) newPacket() *packet {
+	p := s.pool.Get().(*packet)
+	p.off = link.Offload{}
+	return p
+}
 
 func (s *Stack) putPacket(p *packet) { s.pool.Put(p) }
 
@@ -54,7 +61,9 @@ func (s *Stack) putPacket(p *packet) { s.pool.Put(p) }
 type transportHandler interface {
 	// handleTCP gets a TCP segment (the IP payload) from src to dst, one of
 	// our addresses. segment is valid only during the call.
-	handleTCP(src, dst netip.Addr, segment []byte)
+	// trusted says the device vouches for the checksum, which may then be
+	// partial (offloads): do not verify it.
+	handleTCP(src, dst netip.Addr, segment []byte, trusted bool)
 }
 
 // transportBox lets an interface value live in an atomic.Pointer.
@@ -91,7 +100,7 @@ func (s *Stack) prepareIPv4(p *packet, src, dst netip.Addr, proto uint8, n int) 
 	if s.closed.Load() {
 		return hop, ErrClosed
 	}
-	if n < 0 || n > s.mtu-wire.IPv4MinHeaderLen {
+	if n < 0 || n > s.maxIP-wire.IPv4MinHeaderLen {
 		return hop, ErrTooBig
 	}
 	if !s.HasAddress(src) {
@@ -143,7 +152,7 @@ func (s *Stack) output(p *packet, hop netip.Addr) error {
 			s.sendARPProbe(hop, mac)
 		}
 		copy(p.buf[0:6], mac[:])
-		err := s.writeFrame(p.buf[:p.n])
+		err := s.writeFrameOffload(p.buf[:p.n], p.off)
 		if err == nil {
 			s.stats.IPv4Out.Add(1)
 		}
@@ -170,7 +179,7 @@ func (s *Stack) output(p *packet, hop netip.Addr) error {
 // that waiting packets leave in order, ahead of any sent after resolution.
 func (s *Stack) sendHeld(p *packet, mac wire.MAC) {
 	copy(p.buf[0:6], mac[:])
-	if s.writeFrame(p.buf[:p.n]) == nil {
+	if s.writeFrameOffload(p.buf[:p.n], p.off) == nil {
 		s.stats.IPv4Out.Add(1)
 	}
 	s.putPacket(p)
@@ -184,7 +193,7 @@ func (s *Stack) failHeld(p *packet) {
 
 // handleIPv4 validates a received datagram and hands it up. bcast reports
 // that the frame was sent to the Ethernet broadcast address.
-func (s *Stack) handleIPv4(b []byte, bcast bool) {
+func (s *Stack) handleIPv4(b []byte, bcast, trusted bool) {
 	ip, err := wire.ParseIPv4(b)
 	if err != nil {
 		if errors.Is(err, wire.ErrBadChecksum) {
@@ -223,7 +232,7 @@ func (s *Stack) handleIPv4(b []byte, bcast bool) {
 			return
 		}
 		s.stats.TCPIn.Add(1)
-		t.h.handleTCP(src, dst, ip.Payload())
+		t.h.handleTCP(src, dst, ip.Payload(), trusted)
 	case wire.ProtoICMP:
 		s.handleICMP(src, dst, ip.Payload())
 	default:

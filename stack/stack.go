@@ -162,7 +162,9 @@ func isDirectedBroadcast(p netip.Prefix, a netip.Addr) bool {
 // safe for concurrent use.
 type Stack struct {
 	dev     link.Device
+	offload link.OffloadDevice // dev, when it carries offload metadata
 	mtu     int
+	maxIP   int // largest IPv4 datagram we send: mtu, or 64 KiB with offloads
 	mac     wire.MAC
 	prefix  netip.Prefix
 	gw      netip.Addr
@@ -231,13 +233,24 @@ func start(dev link.Device, cfg Config, now func() time.Time) (*Stack, error) {
 	s.sendHeldFn = s.sendHeld
 	s.failHeldFn = s.failHeld
 	s.requestFn = s.sendARPRequest
+	s.maxIP = mtu
+	if od, ok := dev.(interface {
+		link.OffloadDevice
+		Offload() bool
+	}); ok && od.Offload() {
+		s.offload = od
+		s.maxIP = wire.IPv4MaxLen
+	}
 	s.addrs.Store(&[]netip.Addr{cfg.Addr})
 	s.ipID.Store(rand.Uint32())
-	s.pool.New = func() any { return &packet{buf: make([]byte, wire.EthernetHeaderLen+mtu)} }
+	s.pool.New = func() any { return &packet{buf: make([]byte, wire.EthernetHeaderLen+s.maxIP)} }
 
 	tcfg := cfg.TCP
 	if tcfg.MSS == 0 {
 		tcfg.MSS = uint16(min(mtu-40, 0xffff))
+	}
+	if s.offload != nil && tcfg.GSOMaxSize == 0 {
+		tcfg.GSOMaxSize = s.maxIP - wire.IPv4MinHeaderLen - 60 // room for the largest TCP header
 	}
 	if err := tcfg.Validate(); err != nil {
 		return nil, fmt.Errorf("stack: Config.TCP: %w", err)
@@ -347,9 +360,16 @@ func (s *Stack) RemoveAddress(a netip.Addr) error {
 // for every frame, so whatever input hands on is valid only during the call.
 func (s *Stack) readLoop() {
 	defer s.wg.Done()
-	buf := make([]byte, wire.EthernetHeaderLen+s.mtu)
+	buf := make([]byte, wire.EthernetHeaderLen+s.maxIP)
 	for {
-		n, err := s.dev.ReadFrame(buf)
+		var n int
+		var err error
+		var off link.Offload
+		if s.offload != nil {
+			n, off, err = s.offload.ReadFrameOffload(buf)
+		} else {
+			n, err = s.dev.ReadFrame(buf)
+		}
 		if err != nil {
 			if s.closed.Load() {
 				return
@@ -368,13 +388,19 @@ func (s *Stack) readLoop() {
 			}
 			continue
 		}
-		s.input(buf[:n])
+		// A partial or verified checksum means the frame came from this
+		// host's kernel, which vouches for it.
+		s.inputFrame(buf[:n], off.NeedsCsum || off.DataValid)
 	}
 }
 
 // input handles one received frame. It is the receive path's entry point
 // (the fuzz target calls it directly) and must survive any bytes.
-func (s *Stack) input(frame []byte) {
+func (s *Stack) input(frame []byte) { s.inputFrame(frame, false) }
+
+// inputFrame is input; trusted says the device vouches for the transport
+// checksum (it may be partial, as offloads leave it).
+func (s *Stack) inputFrame(frame []byte, trusted bool) {
 	s.stats.FramesIn.Add(1)
 	s.stats.BytesIn.Add(uint64(len(frame)))
 	eth, err := wire.ParseEthernet(frame)
@@ -390,7 +416,7 @@ func (s *Stack) input(frame []byte) {
 	}
 	switch eth.EtherType() {
 	case wire.EtherTypeIPv4:
-		s.handleIPv4(eth.Payload(), bcast)
+		s.handleIPv4(eth.Payload(), bcast, trusted)
 	case wire.EtherTypeARP:
 		s.handleARP(eth.Payload())
 	default:
@@ -399,8 +425,18 @@ func (s *Stack) input(frame []byte) {
 }
 
 // writeFrame sends one frame and counts it.
-func (s *Stack) writeFrame(b []byte) error {
-	if err := s.dev.WriteFrame(b); err != nil {
+func (s *Stack) writeFrame(b []byte) error { return s.writeFrameOffload(b, link.Offload{}) }
+
+// writeFrameOffload sends one frame with offload metadata, which devices
+// without offloads never get (the stack sends them no such frame).
+func (s *Stack) writeFrameOffload(b []byte, o link.Offload) error {
+	var err error
+	if s.offload != nil {
+		err = s.offload.WriteFrameOffload(b, o)
+	} else {
+		err = s.dev.WriteFrame(b)
+	}
+	if err != nil {
 		if !s.closed.Load() {
 			s.stats.WriteErrors.Add(1)
 			s.log.Warn("write frame", slog.Any("err", err))

@@ -507,7 +507,7 @@ type recordedSeg struct {
 	seg      []byte
 }
 
-func (r *tcpRecorder) handleTCP(src, dst netip.Addr, segment []byte) {
+func (r *tcpRecorder) handleTCP(src, dst netip.Addr, segment []byte, _ bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.segs = append(r.segs, recordedSeg{src, dst, bytes.Clone(segment)})
@@ -682,7 +682,9 @@ func TestSteadyStateAllocatesNothing(t *testing.T) {
 
 type countingTransport struct{ n int }
 
-func (c *countingTransport) handleTCP(src, dst netip.Addr, segment []byte) { c.n += len(segment) }
+func (c *countingTransport) handleTCP(src, dst netip.Addr, segment []byte, _ bool) {
+	c.n += len(segment)
+}
 
 // benchStack is a stack with the peer resolved and a discarding logger; the
 // caller reads the peer's end.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zppratt/rfsis/link"
 	"github.com/zppratt/rfsis/stack/tcp"
 	"github.com/zppratt/rfsis/stack/wire"
 )
@@ -66,9 +67,9 @@ func newTCPTable(s *Stack, cfg tcp.Config) *tcpTable {
 }
 
 // handleTCP is the stack's transport hook: it runs on the read goroutine.
-func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte) {
+func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte, trusted bool) {
 	t.n.segmentsIn.Add(1)
-	if wire.Checksum(b, wire.PseudoHeaderChecksum(src, dst, wire.ProtoTCP, uint16(len(b)))) != 0xffff {
+	if !trusted && wire.Checksum(b, wire.PseudoHeaderChecksum(src, dst, wire.ProtoTCP, uint16(len(b)))) != 0xffff {
 		t.n.badChecksum.Add(1)
 		return
 	}
@@ -136,15 +137,31 @@ func (t *tcpTable) sendReset(id tcp.FourTuple, seg *tcp.Segment) {
 		return
 	}
 	t.n.resetsSent.Add(1)
-	t.send(id, &rst)
+	t.send(id, &rst, 0)
 }
 
 // send serialises seg into a datagram from id's local to its remote end.
-func (t *tcpTable) send(id tcp.FourTuple, seg *tcp.Segment) {
+// mss is the connection's segment payload size: a longer payload goes out
+// as one super-segment for the device to cut (offloads only).
+func (t *tcpTable) send(id tcp.FourTuple, seg *tcp.Segment, mss int) {
 	p := t.s.newPacket()
-	n := tcp.HeaderLen + seg.OptionsLen() + len(seg.Payload)
+	hl := tcp.HeaderLen + seg.OptionsLen()
+	n := hl + len(seg.Payload)
 	ph := wire.PseudoHeaderChecksum(id.LocalAddr, id.RemoteAddr, wire.ProtoTCP, uint16(n))
-	seg.Marshal(p.payload(), ph, wire.Checksum)
+	if t.s.offload == nil {
+		seg.Marshal(p.payload(), ph, wire.Checksum)
+	} else {
+		// Leave the checksum to the kernel: it finishes it from the
+		// pseudo-header sum, per segment when it cuts a super-segment.
+		b := p.payload()
+		seg.Marshal(b, 0, nil)
+		b[16], b[17] = byte(ph>>8), byte(ph)
+		p.off = link.Offload{NeedsCsum: true, CsumStart: headroom, CsumOffset: 16}
+		if len(seg.Payload) > mss {
+			p.off.GSOSize = uint16(mss)
+			p.off.HdrLen = uint16(headroom + hl)
+		}
+	}
 	if t.s.sendIPv4(p, id.LocalAddr, id.RemoteAddr, wire.ProtoTCP, n) == nil {
 		t.n.segmentsOut.Add(1)
 	}
@@ -269,7 +286,7 @@ func newEndpoint(t *tcpTable, c *tcp.Conn) *endpoint {
 	return ep
 }
 
-func (ep *endpoint) emit(seg *tcp.Segment) { ep.t.send(ep.id, seg) }
+func (ep *endpoint) emit(seg *tcp.Segment) { ep.t.send(ep.id, seg, ep.c.MSS()) }
 
 func signal(ch chan struct{}) {
 	select {

@@ -45,6 +45,11 @@ type Config struct {
 	// ChallengeACKLimit caps RFC 5961 challenge ACKs per second per
 	// connection; default 10.
 	ChallengeACKLimit int
+	// GSOMaxSize, when above the MSS, lets new data leave in segments of
+	// up to this many payload bytes (rounded down to whole MSS-sized
+	// segments) for a link with segmentation offload to cut; 0 is off.
+	// Retransmissions are always MSS-sized.
+	GSOMaxSize int
 	// TimestampOffset is added to our timestamp clock, so that values are
 	// not predictable across connections (RFC 7323 5.4) and a restored
 	// connection can continue the clock it had.

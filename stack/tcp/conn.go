@@ -784,7 +784,9 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 			c.events |= EventReadable
 			c.segsSinceAck++
 			switch {
-			case hadOOO || c.quickAcks > 0 || c.segsSinceAck >= 2:
+			case hadOOO || c.quickAcks > 0 || c.segsSinceAck >= 2 || len(payload) > c.mss():
+				// (A payload above the MSS is several segments the
+				// link glued together: it counts as two.)
 				// Every second full segment (RFC 9293 3.8.6.3), at
 				// once when a hole fills (RFC 5681 4.2).
 				c.ackNow = true

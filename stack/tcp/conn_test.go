@@ -426,3 +426,19 @@ func TestISNIsKeyedAndMonotonic(t *testing.T) {
 	b := g1.ISN(id, now.Add(time.Millisecond))
 	assert.Equal(t, uint32(250), b.Sub(a), "4 µs clock")
 }
+
+func TestGSOSuperSegments(t *testing.T) {
+	gso := Config{GSOMaxSize: 65000}
+	s := newSim(t, gso, gso, issClient, issServer)
+	s.drop = lossy(3, 0.01)
+	s.send(0, randomBytes(31, 4<<20), 10*time.Minute)
+	mss := s.c[0].MSS()
+	big := 0
+	for _, seg := range s.sent[0] {
+		if len(seg.Payload) > mss {
+			big++
+			require.LessOrEqual(t, len(seg.Payload), 65000)
+		}
+	}
+	assert.Greater(t, big, 10, "bulk data should leave in super-segments")
+}

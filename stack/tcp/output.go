@@ -194,8 +194,8 @@ func (c *Conn) sendData(now time.Time, emit func(*Segment), seq Seq, n int, fin 
 	s := c.newSegment()
 	s.Seq = seq
 	if n > 0 {
-		if len(c.scratch) < c.mss() {
-			c.scratch = make([]byte, max(c.mss(), int(c.cfg.MSS)))
+		if len(c.scratch) < n {
+			c.scratch = make([]byte, max(n, c.mss(), int(c.cfg.MSS), c.cfg.GSOMaxSize))
 		}
 		s.Payload = c.sndBuf.peek(int(seq.Sub(c.sndBufSeq)), n, c.scratch)
 		s.Flags |= FlagPSH
@@ -283,6 +283,10 @@ func (c *Conn) outputNewData(now time.Time, emit func(*Segment)) {
 		return // finish resending before sending anything new
 	}
 	mss := uint32(c.mss())
+	segMax := mss
+	if g := uint32(c.cfg.GSOMaxSize); g > mss {
+		segMax = g / mss * mss
+	}
 	for {
 		end := c.dataEnd()
 		if !c.sndNxt.Less(end) {
@@ -301,7 +305,7 @@ func (c *Conn) outputNewData(now time.Time, emit func(*Segment)) {
 		if inflight < c.cwnd {
 			cw = c.cwnd - inflight
 		}
-		n := min(avail, mss, win, cw)
+		n := min(avail, segMax, win, cw)
 		if c.gate.Enabled {
 			if !c.sndNxt.Less(c.gate.SendLimit) {
 				n = 0
@@ -311,6 +315,9 @@ func (c *Conn) outputNewData(now time.Time, emit func(*Segment)) {
 		}
 		if n == 0 {
 			break
+		}
+		if n > mss && n < avail {
+			n = n / mss * mss // whole segments on the wire, no runt per burst
 		}
 		if n < mss {
 			if n < avail {
