@@ -174,6 +174,9 @@ type Conn struct {
 
 	rstAbort bool // the pending RST ends the connection: gated by CloseOK
 
+	standby       bool // a backup's copy: sends nothing, runs no timers
+	dupAcksToSend int  // extra duplicate ACKs to send (takeover)
+
 	gate    Gate
 	out     Segment // reused for every emitted segment
 	events  Events
@@ -315,6 +318,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 	switch {
 	case c.err != nil:
 		return 0, c.err
+	case c.standby:
+		// A standby's outbound bytes come from the main (StandbyWritten);
+		// its own application's output is compared by the caller.
+		return 0, fmt.Errorf("%w: write on a standby connection", ErrStandby)
 	case c.finQueued:
 		return 0, ErrWriteClosed
 	case c.state == StateEstablished, c.state == StateCloseWait,

@@ -219,6 +219,9 @@ func due(t, now time.Time) bool { return !t.IsZero() && !now.Before(t) }
 
 // Tick runs the timers that are due at now. Call Output afterwards.
 func (c *Conn) Tick(now time.Time) {
+	if c.standby {
+		return
+	}
 	if due(c.closeAt, now) {
 		c.closeAt = time.Time{}
 		if c.state == StateTimeWait || c.state == StateFinWait2 {

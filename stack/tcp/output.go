@@ -7,6 +7,9 @@ import "time"
 // must serialise them before returning. Call Output after every Handle,
 // Tick, Write, Read and Close.
 func (c *Conn) Output(now time.Time, emit func(*Segment)) {
+	if c.standby {
+		return
+	}
 	if c.rstPending && (!c.rstAbort || !c.gate.Enabled || c.gate.CloseOK) {
 		c.rstPending = false
 		s := c.newSegment()
@@ -40,6 +43,12 @@ func (c *Conn) Output(now time.Time, emit func(*Segment)) {
 		c.emitWithAck(now, emit, s)
 	}
 	if c.ackNow && !c.sentAck {
+		s := c.newSegment()
+		s.Seq = c.sndNxt
+		s.Flags = FlagACK
+		c.emitWithAck(now, emit, s)
+	}
+	for ; c.dupAcksToSend > 0; c.dupAcksToSend-- {
 		s := c.newSegment()
 		s.Seq = c.sndNxt
 		s.Flags = FlagACK
@@ -223,6 +232,9 @@ func (c *Conn) resend(now time.Time, emit func(*Segment), seq Seq, n uint32) uin
 		c.sendData(now, emit, seq, 0, true)
 		return 1
 	}
+	// Never past SND.NXT: bytes beyond it were never sent, and the peer's
+	// ACK for them would be dropped as acknowledging unsent data.
+	end = seqMin(end, c.sndNxt)
 	if !seq.Less(end) {
 		return 0
 	}

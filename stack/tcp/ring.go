@@ -47,6 +47,9 @@ func (r *ring) append(p []byte) int {
 // writeAt stores p at offset off from the head without changing the queue
 // length; off+len(p) must not exceed limit.
 func (r *ring) writeAt(off int, p []byte) {
+	if len(p) == 0 {
+		return // buf may not exist yet
+	}
 	r.reserve(off + len(p))
 	i := (r.head + off) % len(r.buf)
 	k := copy(r.buf[i:], p)

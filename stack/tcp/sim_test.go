@@ -23,8 +23,10 @@ type sim struct {
 	// drop, when set, decides whether a segment sent by side from is lost.
 	drop func(from int, s *Segment) bool
 	// reorder, when set, adds extra delay to a segment.
-	reorder  func(from int, s *Segment) time.Duration
-	sent     [2][]Segment // every segment each side emitted (payload copied)
+	reorder func(from int, s *Segment) time.Duration
+	sent    [2][]Segment // every segment each side emitted (payload copied)
+	// preFlush, when set, runs before a side's output (replication).
+	preFlush func(i int)
 	recv     [2]bytes.Buffer
 	autoRead [2]bool
 }
@@ -69,6 +71,9 @@ func newSim(t testing.TB, cfgC, cfgS Config, issC, issS Seq) *sim {
 }
 
 func (s *sim) flush(i int) {
+	if s.preFlush != nil {
+		s.preFlush(i)
+	}
 	c := s.c[i]
 	c.Output(s.now, func(seg *Segment) {
 		cp := *seg
@@ -133,6 +138,9 @@ func (s *sim) step() bool {
 }
 
 func (s *sim) after(i int) {
+	if s.preFlush != nil {
+		s.preFlush(i) // before the application reads: replication ships first
+	}
 	c := s.c[i]
 	if s.autoRead[i] {
 		var buf [65536]byte

@@ -1,0 +1,82 @@
+// Package failover keeps a live copy of every TCP connection of the main
+// node on the backup node, and moves the service to the backup when the
+// main dies, so that clients see a pause and nothing else.
+//
+// STATUS: being built. What exists is listed in the README's status table;
+// this comment is the design the pieces are built to.
+//
+// # Roles and epochs
+//
+// A node is Main, Backup, or Standalone (a main whose backup is gone: it
+// serves, unprotected, and says so in its status). The role changes only
+// through the role machine (role.go), a sans-I/O state machine in the
+// style of etcd's raft: heartbeats and ticks go in with the time, actions
+// come out (send a heartbeat, take over, stand down). Every takeover
+// increments an epoch that both nodes persist in memory and carry in every
+// message; a node that hears a higher epoch than its own while it believes
+// it is the main stands down at once without sending anything to clients
+// (no RST, no ARP for the service address). That is what makes a frozen
+// main that wakes up (SIGSTOP, then SIGCONT) harmless.
+//
+// Detection: heartbeats every heartbeat_timer, failover after
+// heartbeat_misses intervals without one. Heartbeats travel over the same
+// stack and TAP as the service (the node addresses main_addr and
+// backup_addr), so a hung stack or a dead link fails over. A crashed main
+// takes its user-space stack with it, so nothing resets the sync
+// connection: detection is bounded by heartbeat_timer x heartbeat_misses,
+// which is why fractional intervals (10 ms) are allowed.
+//
+// # The sync channel
+//
+// One TCP connection between the nodes' own addresses, on sync_port,
+// carried by the RFSIS stack itself. Every message is a frame (proto.go):
+//
+//	length   uint32  bytes after this field
+//	type     uint8
+//	epoch    uint64  sender's epoch
+//	seq      uint64  per-direction message counter, starts at 1, +1 each frame
+//	body     ...     type-specific, fixed layout, big-endian
+//	mac      [16]    HMAC-SHA256(key, session nonces || length..body), truncated
+//
+// A session starts with HELLO from each side carrying a random 16-byte
+// nonce; both nonces are bound into every later MAC, so frames cannot be
+// replayed into another session, and seq must increase by exactly one, so
+// they cannot be replayed or reordered within one. Frames over 1 MiB, with
+// a bad MAC, a wrong seq, an unknown type or a malformed body are counted
+// and logged and the connection is dropped; nothing of them is applied.
+// Without sync_key a pair runs only with insecure: true (an all-zero key).
+//
+// # Replication (the invariants of DESIGN.md)
+//
+// The main never lets the client know something the backup does not know.
+// Each connection carries a tcp.Gate:
+//
+//  1. OPEN(conn id, tcp.Snapshot in SYN-RECEIVED) goes to the backup; the
+//     SYN-ACK leaves only when the backup has acknowledged it (OpenOK).
+//  2. IN(conn id, seq, bytes): in-order inbound bytes, shipped as soon as
+//     they are in order; the ACK number on the wire never passes what the
+//     backup acknowledged (AckLimit).
+//  3. OUT(conn id, seq, bytes): bytes the application wrote; they go on
+//     the wire only once the backup holds them (SendLimit). The backup's
+//     own hot-standby handler writes are compared with them (divergence is
+//     logged and counted) and held.
+//  4. CLOSE(conn id, kind): the FIN or RST goes out only once the backup
+//     knows (CloseOK).
+//  5. ACKED(conn id, snd.una, snd.wnd, ts.recent, rcv.adv): the client's
+//     progress, so the backup trims what the client has and knows the
+//     window and timestamps to continue with.
+//
+// The backup acknowledges log positions cumulatively (SYNCACK with the
+// highest applied seq); the main batches as it likes, never past a gate.
+//
+// # Takeover
+//
+// The backup adds the service address, sends gratuitous ARPs, and turns
+// every standby connection live with SND.NXT at the end of the outbound
+// bytes it acknowledged (the main can have sent no more; an ACK above
+// SND.NXT would stall the connection) and RCV.NXT at the end of the inbound
+// bytes it holds. It retransmits unacknowledged output at once and sends
+// five duplicate ACKs so the client's fast retransmit resends what the
+// main never acknowledged, instead of waiting out its RTO (Linux treats the
+// first duplicate after a window change as a window update, hence five).
+package failover

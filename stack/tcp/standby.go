@@ -1,0 +1,235 @@
+package tcp
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// This file holds what replication needs from a connection (see package
+// failover): on the main, reading back what arrived and what the
+// application wrote, so it can be shipped to the backup; on the backup, a
+// standby connection that is fed the same bytes and the client's
+// progress, sends nothing, and goes live at takeover.
+
+// ErrStandby is wrapped by errors of the standby methods.
+var ErrStandby = errors.New("tcp: standby")
+
+// ReceivedEnd is the sequence number after the last in-order byte
+// received (a received FIN is not counted).
+func (c *Conn) ReceivedEnd() Seq { return c.rcvRead.Add(uint32(c.rcvBuf.size)) }
+
+// AppendReceived appends the in-order received bytes from sequence number
+// from (not yet read by the application, so from >= the read point) to
+// dst.
+func (c *Conn) AppendReceived(dst []byte, from Seq) ([]byte, error) {
+	end := c.ReceivedEnd()
+	if from.Less(c.rcvRead) || from.Greater(end) {
+		return dst, fmt.Errorf("%w: received bytes from %d not held (%d..%d)", ErrStandby, from, c.rcvRead, end)
+	}
+	off, n := int(from.Sub(c.rcvRead)), int(end.Sub(from))
+	return appendRing(dst, &c.rcvBuf, off, n), nil
+}
+
+// WrittenEnd is the sequence number after the last byte the application
+// wrote.
+func (c *Conn) WrittenEnd() Seq { return c.dataEnd() }
+
+// AppendWritten appends the written bytes from sequence number from (not
+// yet acknowledged by the peer) to dst.
+func (c *Conn) AppendWritten(dst []byte, from Seq) ([]byte, error) {
+	end := c.dataEnd()
+	if from.Less(c.sndBufSeq) || from.Greater(end) {
+		return dst, fmt.Errorf("%w: written bytes from %d not held (%d..%d)", ErrStandby, from, c.sndBufSeq, end)
+	}
+	off, n := int(from.Sub(c.sndBufSeq)), int(end.Sub(from))
+	return appendRing(dst, &c.sndBuf, off, n), nil
+}
+
+func appendRing(dst []byte, r *ring, off, n int) []byte {
+	if n == 0 {
+		return dst
+	}
+	i := (r.head + off) % len(r.buf)
+	k := min(n, len(r.buf)-i)
+	dst = append(dst, r.buf[i:i+k]...)
+	return append(dst, r.buf[:n-k]...)
+}
+
+// Progress is what the backup needs to know of the client's side of the
+// connection to continue it: kept current with StandbyProgress.
+type Progress struct {
+	SndUna     Seq    // the client has acknowledged everything before
+	SndWnd     uint32 // the client's window, scaled
+	TSRecent   uint32 // the client's latest timestamp
+	RcvAdvEdge Seq    // the right edge of the window we advertised
+	PeerFin    bool   // the client's FIN has arrived
+	FinQueued  bool   // the application closed its side
+	// ReceivedEnd and WrittenEnd place the FINs: the standby applies
+	// PeerFin and FinQueued only once it holds every byte before them.
+	ReceivedEnd, WrittenEnd Seq
+}
+
+// Progress returns the connection's progress for the backup.
+func (c *Conn) Progress() Progress {
+	return Progress{SndUna: c.sndUna, SndWnd: c.sndWnd, TSRecent: c.tsRecent, RcvAdvEdge: c.rcvAdvEdge,
+		PeerFin: c.peerFin, FinQueued: c.finQueued, ReceivedEnd: c.ReceivedEnd(), WrittenEnd: c.dataEnd()}
+}
+
+// RestoreStandby makes a standby copy of a connection from the snapshot
+// the main took when it opened: it sends nothing and runs no timers until
+// GoLive.
+func RestoreStandby(s Snapshot, now time.Time) (*Conn, error) {
+	c, err := Restore(s, now)
+	if err != nil {
+		return nil, err
+	}
+	c.standby = true
+	c.synPending = false
+	c.rtoAt, c.delackAt, c.persistAt, c.keepaliveAt, c.closeAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	return c, nil
+}
+
+// Standby reports whether the connection is a standby copy.
+func (c *Conn) Standby() bool { return c.standby }
+
+// StandbyReceive appends inbound bytes the main received, starting at
+// seq, which must be the end of what the standby holds. It takes what
+// fits in the receive buffer and returns how much: the backup
+// acknowledges only that, which holds the main's ACKs (and so the
+// client) back until the standby's application has read.
+func (c *Conn) StandbyReceive(seq Seq, data []byte) (int, error) {
+	if !c.standby {
+		return 0, fmt.Errorf("%w: not a standby connection", ErrStandby)
+	}
+	if end := c.ReceivedEnd(); seq != end {
+		return 0, fmt.Errorf("%w: inbound bytes at %d, expected %d", ErrStandby, seq, end)
+	}
+	if c.peerFin {
+		return 0, fmt.Errorf("%w: inbound bytes after the peer's FIN", ErrStandby)
+	}
+	n := min(len(data), c.rcvBuf.free())
+	c.rcvBuf.writeAt(c.rcvBuf.size, data[:n])
+	c.rcvBuf.extend(n)
+	c.rcvNxt = c.ReceivedEnd()
+	if n > 0 {
+		c.events |= EventReadable
+	}
+	return n, nil
+}
+
+// StandbyWritten appends outbound bytes the main's application wrote,
+// starting at seq, which must be the end of what the standby holds.
+func (c *Conn) StandbyWritten(seq Seq, data []byte) (int, error) {
+	if !c.standby {
+		return 0, fmt.Errorf("%w: not a standby connection", ErrStandby)
+	}
+	if end := c.dataEnd(); seq != end {
+		return 0, fmt.Errorf("%w: outbound bytes at %d, expected %d", ErrStandby, seq, end)
+	}
+	if c.finQueued {
+		return 0, fmt.Errorf("%w: outbound bytes after the FIN", ErrStandby)
+	}
+	return c.sndBuf.append(data), nil
+}
+
+// StandbyProgress applies the client's progress as the main saw it.
+func (c *Conn) StandbyProgress(p Progress) error {
+	if !c.standby {
+		return fmt.Errorf("%w: not a standby connection", ErrStandby)
+	}
+	if c.state == StateSynReceived && p.SndUna.Greater(c.iss) {
+		// The client completed the handshake with the main.
+		c.sndUna, c.sndNxt, c.rexmitNxt = c.iss+1, c.iss+1, c.iss+1
+		c.state = StateEstablished
+		if c.finQueued {
+			c.state = StateFinWait1
+		}
+		c.events |= EventEstablished | EventWritable
+	}
+	end := c.dataEnd()
+	if c.finQueued {
+		end++ // the FIN's sequence number
+	}
+	if p.SndUna.Less(c.sndUna) || p.SndUna.Greater(end) {
+		return fmt.Errorf("%w: acknowledged %d outside %d..%d", ErrStandby, p.SndUna, c.sndUna, end)
+	}
+	if p.SndUna.Greater(c.sndBufSeq) {
+		n := min(int(p.SndUna.Sub(c.sndBufSeq)), c.sndBuf.size)
+		c.sndBuf.discard(n)
+		c.sndBufSeq = c.sndBufSeq.Add(uint32(n))
+	}
+	c.sndUna = p.SndUna
+	c.sndNxt = seqMax(c.sndNxt, p.SndUna)
+	c.sndWnd = p.SndWnd
+	c.maxSndWnd = max(c.maxSndWnd, p.SndWnd)
+	c.tsRecent = p.TSRecent
+	c.rcvAdvEdge = seqMax(c.rcvAdvEdge, p.RcvAdvEdge)
+	if p.FinQueued && !c.finQueued && c.dataEnd() == p.WrittenEnd {
+		c.CloseWrite(time.Time{})
+	}
+	if p.PeerFin && !c.peerFin && c.ReceivedEnd() == p.ReceivedEnd {
+		c.rcvFinKnown, c.rcvFinSeq = true, c.ReceivedEnd()
+		c.rcvNxt = c.ReceivedEnd() + 1
+		c.peerFin = true
+		c.events |= EventReadable
+		switch c.state {
+		case StateEstablished:
+			c.state = StateCloseWait
+		case StateFinWait1, StateFinWait2:
+			c.state = StateClosing
+		}
+	}
+	return nil
+}
+
+// takeoverTSMargin is added to the timestamp clock at takeover: the
+// standby's clock runs beside the main's but may trail it by the time the
+// snapshot took to arrive, and a timestamp below the one the client last
+// saw would be dropped by its PAWS check. Jumping ahead is harmless.
+const takeoverTSMargin = 1000
+
+// GoLive turns a standby connection into a live one at takeover. sent is
+// the end of the outbound bytes the backup acknowledged to the main: the
+// main can have sent no more, and it must be SND.NXT (an ACK above SND.NXT
+// is dropped, which would stall the connection for good). Everything not
+// acknowledged by the client is retransmitted at once, and dupAcks
+// duplicate ACKs prompt the client to resend at once what only the main
+// had received (Linux counts the first after a window change as a window
+// update: send five).
+func (c *Conn) GoLive(now time.Time, sent Seq, dupAcks int) error {
+	if !c.standby {
+		return fmt.Errorf("%w: not a standby connection", ErrStandby)
+	}
+	end := c.dataEnd()
+	finEnd := end
+	if c.finQueued {
+		finEnd++
+	}
+	if sent.Less(c.sndUna) || sent.Greater(finEnd) {
+		return fmt.Errorf("%w: sent up to %d outside %d..%d", ErrStandby, sent, c.sndUna, finEnd)
+	}
+	c.standby = false
+	c.sndNxt = sent
+	if c.finQueued && sent == finEnd {
+		c.finSent, c.finSeq = true, end
+	}
+	c.rexmitNxt = c.sndUna
+	c.rtoRecoveryHigh = c.sndNxt
+	c.recover = c.sndNxt
+	c.inRecovery, c.dupAcks, c.fastRexmit = false, 0, false
+	c.sacked = c.sacked[:0]
+	c.retries = 0
+	c.tsOffset += takeoverTSMargin
+	if c.sndUna != c.sndNxt {
+		c.rtoAt = now.Add(c.rto)
+	}
+	if c.cfg.KeepAlive > 0 {
+		c.keepaliveAt = now.Add(c.cfg.KeepAlive)
+	}
+	c.lastRecv = now
+	c.ackNow = true
+	c.dupAcksToSend = max(dupAcks-1, 0)
+	c.events |= EventWritable
+	return nil
+}
