@@ -184,6 +184,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 		ep := c.ep
 		ep.mu.Lock()
+		if ep.holdStandbyWriteLocked(p[total:]) {
+			ep.mu.Unlock()
+			return len(p), nil
+		}
 		n, err := ep.c.Write(p[total:])
 		if n > 0 {
 			ep.afterLocked(time.Now())

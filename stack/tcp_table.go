@@ -33,6 +33,7 @@ type TCPStats struct {
 	ResetsSent              uint64 // for segments that matched no connection
 	SYNBacklogDrops         uint64 // SYNs dropped: a listener's SYN backlog was full
 	AcceptQueueDrops        uint64 // handshakes reset: the accept queue was full
+	Diverged                uint64 // hot-standby writes that differed from the main's output
 	ActiveOpens             uint64
 	PassiveOpens            uint64
 	CurrentConnections      uint64
@@ -40,7 +41,7 @@ type TCPStats struct {
 
 type tcpCounters struct {
 	segmentsIn, segmentsOut, badChecksum, malformed, resetsSent,
-	synBacklogDrops, acceptQueueDrops, activeOpens, passiveOpens atomic.Uint64
+	synBacklogDrops, acceptQueueDrops, activeOpens, passiveOpens, diverged atomic.Uint64
 }
 
 type tcpTable struct {
@@ -53,7 +54,8 @@ type tcpTable struct {
 	listeners map[netip.AddrPort]*Listener // an invalid Addr means any of ours
 	closed    bool
 
-	n tcpCounters
+	n    tcpCounters
+	hook atomic.Pointer[hookBox]
 }
 
 func newTCPTable(s *Stack, cfg tcp.Config) *tcpTable {
@@ -126,6 +128,12 @@ func (t *tcpTable) passiveOpen(l *Listener, id tcp.FourTuple, syn *tcp.Segment, 
 	t.mu.Unlock()
 	t.n.passiveOpens.Add(1)
 	ep.mu.Lock()
+	if hb := t.hook.Load(); hb != nil {
+		// Replicated: the SYN-ACK waits for the backup (invariant 1).
+		ep.replica = &Replica{ep: ep}
+		c.SetGate(tcp.Gate{Enabled: true, AckLimit: c.ReceivedEnd(), SendLimit: c.WrittenEnd()})
+		hb.h.Opened(ep.replica, c.Snapshot())
+	}
 	ep.afterLocked(now)
 	ep.mu.Unlock()
 }
@@ -251,7 +259,7 @@ func (t *tcpTable) stats() TCPStats {
 		BadChecksum: t.n.badChecksum.Load(), Malformed: t.n.malformed.Load(),
 		ResetsSent: t.n.resetsSent.Load(), SYNBacklogDrops: t.n.synBacklogDrops.Load(),
 		AcceptQueueDrops: t.n.acceptQueueDrops.Load(), ActiveOpens: t.n.activeOpens.Load(),
-		PassiveOpens: t.n.passiveOpens.Load(), CurrentConnections: cur,
+		PassiveOpens: t.n.passiveOpens.Load(), CurrentConnections: cur, Diverged: t.n.diverged.Load(),
 	}
 }
 
@@ -267,6 +275,10 @@ type endpoint struct {
 	timerAt  time.Time
 	listener *Listener // until accepted or gone
 	gone     bool
+	replica  *Replica // when replicated (main)
+	held     []byte   // a hot standby application's writes beyond the main's
+	appNext  tcp.Seq  // where the hot standby application's next byte goes
+	cmpBuf   []byte
 
 	// Wake-ups: buffered channels of one, signalled without blocking.
 	readable, writable chan struct{}
@@ -298,6 +310,13 @@ func signal(ch chan struct{}) {
 // afterLocked runs after every call into the Conn: it sends what the
 // connection wants to send, wakes waiters, and re-arms the timer.
 func (ep *endpoint) afterLocked(now time.Time) {
+	if ep.replica != nil {
+		// Before any output and before the application can read: the
+		// hook ships what is new, so nothing escapes unreplicated.
+		if hb := ep.t.hook.Load(); hb != nil {
+			hb.h.Changed(ep.replica)
+		}
+	}
 	ep.c.Output(now, ep.emitFn)
 	ev := ep.c.TakeEvents()
 	if ev&tcp.EventEstablished != 0 {
@@ -329,6 +348,11 @@ func (ep *endpoint) afterLocked(now time.Time) {
 			ep.timer.Stop()
 		}
 		ep.t.remove(ep)
+		if ep.replica != nil {
+			if hb := ep.t.hook.Load(); hb != nil {
+				hb.h.Gone(ep.replica)
+			}
+		}
 		close(ep.done)
 		signal(ep.readable)
 		signal(ep.writable)

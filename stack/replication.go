@@ -1,0 +1,258 @@
+package stack
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/zppratt/rfsis/stack/tcp"
+)
+
+// This file is the stack's side of replication (package failover does
+// the rest). On the main, a ReplicationHook sees every change to every
+// connection while the connection is locked, before the application can
+// read what arrived, so nothing the client sent can be consumed without
+// having been shipped; the hook's Gate decides what may go on the wire.
+// On the backup, standby connections are adopted from the main's opening
+// snapshots, fed what the main ships, and handed to the application's
+// Accept (hot standby); at takeover they go live.
+
+// ReplicationHook mirrors connections. Its methods run with the
+// connection's lock held, on whatever goroutine changed it: they must
+// copy what they need and return, never block.
+type ReplicationHook interface {
+	// Opened: a listener's connection was created from a SYN. snap is its
+	// opening record; its SYN-ACK waits until the gate has OpenOK.
+	Opened(r *Replica, snap tcp.Snapshot)
+	// Changed: bytes arrived or were written, the client acknowledged, or
+	// a side closed. Ship what is new (Replica.AppendReceived, ...).
+	Changed(r *Replica)
+	// Gone: the connection ended and left the table.
+	Gone(r *Replica)
+}
+
+// Replica is the handle a ReplicationHook gets for one connection.
+// Within the hook's callbacks use the *Locked methods; from elsewhere,
+// the others.
+type Replica struct {
+	ep *endpoint
+	// Value is the hook's own state for the connection.
+	Value atomic.Value
+}
+
+// ID identifies the connection.
+func (r *Replica) ID() tcp.FourTuple { return r.ep.id }
+
+// ReceivedEndLocked and the other Locked methods expose the connection's
+// replication view (see tcp.Conn) from inside a hook callback.
+func (r *Replica) ReceivedEndLocked() tcp.Seq { return r.ep.c.ReceivedEnd() }
+
+// WrittenEndLocked is the end of the bytes the application wrote.
+func (r *Replica) WrittenEndLocked() tcp.Seq { return r.ep.c.WrittenEnd() }
+
+// AppendReceivedLocked appends received bytes from seq to dst.
+func (r *Replica) AppendReceivedLocked(dst []byte, from tcp.Seq) ([]byte, error) {
+	return r.ep.c.AppendReceived(dst, from)
+}
+
+// AppendWrittenLocked appends written bytes from seq to dst.
+func (r *Replica) AppendWrittenLocked(dst []byte, from tcp.Seq) ([]byte, error) {
+	return r.ep.c.AppendWritten(dst, from)
+}
+
+// ProgressLocked returns the client's progress.
+func (r *Replica) ProgressLocked() tcp.Progress { return r.ep.c.Progress() }
+
+// SetGateLocked installs the gate from inside a callback.
+func (r *Replica) SetGateLocked(g tcp.Gate) { r.ep.c.SetGate(g) }
+
+// UpdateGate changes the gate from outside the callbacks (when the backup
+// acknowledges) and sends whatever it now lets out.
+func (r *Replica) UpdateGate(update func(*tcp.Gate)) {
+	ep := r.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if ep.gone {
+		return
+	}
+	g := ep.c.Gate()
+	update(&g)
+	ep.c.SetGate(g)
+	ep.afterLocked(time.Now())
+}
+
+// SetReplicationHook installs h for connections accepted from now on
+// (nil stops replicating new ones).
+func (s *Stack) SetReplicationHook(h ReplicationHook) {
+	if h == nil {
+		s.tcp.hook.Store(nil)
+		return
+	}
+	s.tcp.hook.Store(&hookBox{h})
+}
+
+type hookBox struct{ h ReplicationHook }
+
+// --- The backup side ---
+
+// Standby is a standby connection on the backup.
+type Standby struct {
+	ep *endpoint
+}
+
+// ErrDiverged is returned by Standby.Written when the main's output
+// differs from what the backup's own application wrote.
+var ErrDiverged = errors.New("stack: hot-standby output diverged from the main's")
+
+// AdoptStandby creates a standby connection from the main's opening
+// snapshot and queues it on the listener for addr's port, so the
+// backup's application accepts it like any connection; its reads get the
+// replicated inbound bytes and its writes are held and compared with the
+// main's output. The connection sends nothing until GoLive.
+func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
+	c, err := tcp.RestoreStandby(snap, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	t := s.tcp
+	ep := newEndpoint(t, c)
+	ep.appNext = c.WrittenEnd()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, ErrClosed
+	}
+	if _, dup := t.conns[ep.id]; dup {
+		t.mu.Unlock()
+		return nil, fmt.Errorf("stack: standby %v: %w", ep.id, errAddrInUse)
+	}
+	t.conns[ep.id] = ep
+	t.mu.Unlock()
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if c.State() != tcp.StateSynReceived {
+		close(ep.established)
+		if !l.enqueue(ep) {
+			return nil, errors.New("stack: standby: accept queue full")
+		}
+	} else {
+		ep.listener = l
+		l.mu.Lock()
+		l.halfOpen++
+		l.mu.Unlock()
+	}
+	return &Standby{ep: ep}, nil
+}
+
+// ID identifies the connection.
+func (sb *Standby) ID() tcp.FourTuple { return sb.ep.id }
+
+// Receive applies inbound bytes the main shipped, from seq; it returns how
+// many fitted (acknowledge only those to the main).
+func (sb *Standby) Receive(seq tcp.Seq, data []byte) (int, error) {
+	ep := sb.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	n, err := ep.c.StandbyReceive(seq, data)
+	ep.afterLocked(time.Now())
+	return n, err
+}
+
+// ReceivedEnd is the end of the inbound bytes the standby holds.
+func (sb *Standby) ReceivedEnd() tcp.Seq {
+	sb.ep.mu.Lock()
+	defer sb.ep.mu.Unlock()
+	return sb.ep.c.ReceivedEnd()
+}
+
+// WrittenEnd is the end of the outbound bytes the standby holds.
+func (sb *Standby) WrittenEnd() tcp.Seq {
+	sb.ep.mu.Lock()
+	defer sb.ep.mu.Unlock()
+	return sb.ep.c.WrittenEnd()
+}
+
+// Written applies outbound bytes the main's application wrote, from seq,
+// and compares them with what the backup's own application wrote for the
+// same place: a difference is ErrDiverged (the bytes are applied anyway:
+// the main's output is what the client gets).
+func (sb *Standby) Written(seq tcp.Seq, data []byte) (int, error) {
+	ep := sb.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	n, err := ep.c.StandbyWritten(seq, data)
+	if err != nil {
+		return n, err
+	}
+	var diverged error
+	// held holds the application's bytes [appNext-len(held), appNext),
+	// all beyond what the main had shipped when they were written.
+	hs := ep.appNext - tcp.Seq(len(ep.held))
+	if end := seq.Add(uint32(n)); len(ep.held) > 0 && end.Greater(hs) && !hs.Less(seq) {
+		k := min(len(ep.held), int(end.Sub(hs)))
+		off := int(hs.Sub(seq))
+		if !bytes.Equal(ep.held[:k], data[off:off+k]) {
+			diverged = ErrDiverged
+			ep.t.n.diverged.Add(1)
+		}
+		ep.held = ep.held[:copy(ep.held, ep.held[k:])]
+	}
+	ep.afterLocked(time.Now())
+	return n, diverged
+}
+
+// Progress applies the client's progress as the main saw it.
+func (sb *Standby) Progress(p tcp.Progress) error {
+	ep := sb.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	err := ep.c.StandbyProgress(p)
+	ep.afterLocked(time.Now())
+	return err
+}
+
+// GoLive turns the standby live at takeover (see tcp.Conn.GoLive): the
+// bytes its application wrote beyond what the main shipped follow.
+func (sb *Standby) GoLive(sent tcp.Seq, dupAcks int) error {
+	ep := sb.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	now := time.Now()
+	if err := ep.c.GoLive(now, sent, dupAcks); err != nil {
+		return err
+	}
+	if len(ep.held) > 0 {
+		n, _ := ep.c.Write(ep.held)
+		ep.held = ep.held[:copy(ep.held, ep.held[n:])]
+	}
+	ep.afterLocked(now)
+	return nil
+}
+
+// holdStandbyWriteLocked takes a hot-standby application's write. The
+// part the main has already shipped is compared with it (the standby's
+// connection holds it); the rest is held until the main's bytes arrive
+// (Standby.Written) or the standby goes live. It reports false when the
+// connection is not a standby. The caller holds ep.mu.
+func (ep *endpoint) holdStandbyWriteLocked(p []byte) bool {
+	if !ep.c.Standby() {
+		return false
+	}
+	mainEnd := ep.c.WrittenEnd()
+	covered := 0
+	if len(ep.held) == 0 && mainEnd.Greater(ep.appNext) {
+		covered = min(len(p), int(mainEnd.Sub(ep.appNext)))
+		// Compare with the main's bytes still held (the client may have
+		// acknowledged, and so trimmed, the oldest).
+		var err error
+		ep.cmpBuf, err = ep.c.AppendWritten(ep.cmpBuf[:0], ep.appNext)
+		if err == nil && !bytes.Equal(ep.cmpBuf[:min(covered, len(ep.cmpBuf))], p[:min(covered, len(ep.cmpBuf))]) {
+			ep.t.n.diverged.Add(1)
+		}
+	}
+	ep.held = append(ep.held, p[covered:]...)
+	ep.appNext = ep.appNext.Add(uint32(len(p)))
+	return true
+}
