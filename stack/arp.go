@@ -237,7 +237,7 @@ func (s *Stack) handleARP(b []byte) {
 		s.arp.learn(spa, sha, s.now(), isTarget && op == wire.ARPRequest, s.sendHeldFn)
 		s.arpMu.Unlock()
 	}
-	if isTarget && op == wire.ARPRequest {
+	if isTarget && op == wire.ARPRequest && !s.Held(tpa) {
 		if s.sendARP(wire.ARPReply, sha, tpa, sha, spa) == nil {
 			s.stats.ARPRepliesOut.Add(1)
 		}
@@ -295,6 +295,9 @@ func (s *Stack) sendARPProbe(ip netip.Addr, mac wire.MAC) {
 // count-1 follow every interval in the background (stopped by Close or by
 // RemoveAddress(a)). count < 1 counts as 1.
 func (s *Stack) SendGratuitousARP(a netip.Addr, count int, interval time.Duration) error {
+	if s.Held(a) {
+		return fmt.Errorf("stack: gratuitous ARP for %v: the address is held", a)
+	}
 	if !s.HasAddress(a) {
 		return fmt.Errorf("stack: gratuitous ARP for %v: %w", a, ErrAddrNotOwned)
 	}
@@ -326,7 +329,7 @@ func (s *Stack) SendGratuitousARP(a netip.Addr, count int, interval time.Duratio
 			case <-s.done:
 				return
 			case <-t.C:
-				if !s.HasAddress(a) {
+				if !s.HasAddress(a) || s.Held(a) {
 					return
 				}
 				s.sendGratuitous(a)

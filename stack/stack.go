@@ -185,6 +185,7 @@ type Stack struct {
 
 	transport atomic.Pointer[transportBox]
 	tcp       *tcpTable
+	hold      atomic.Pointer[holdSpec]
 	ipID      atomic.Uint32
 	pool      sync.Pool // of *packet
 

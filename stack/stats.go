@@ -54,6 +54,7 @@ type Stats struct {
 	// TCP hand-off.
 	TCPIn        uint64 // segments handed to the transport
 	TCPNoHandler uint64 // segments dropped because no transport was set
+	HeldDrops    uint64 // datagrams from a held address, dropped (see Stack.Hold)
 }
 
 // counters mirrors Stats with atomic fields.
@@ -70,7 +71,7 @@ type counters struct {
 
 	ICMPIn, ICMPMalformed, ICMPEchoRequests, ICMPEchoReplies, ICMPOtherIn atomic.Uint64
 
-	TCPIn, TCPNoHandler atomic.Uint64
+	TCPIn, TCPNoHandler, HeldDrops atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters. Counters are read one by one, so
@@ -102,6 +103,6 @@ func (s *Stack) Stats() Stats {
 		ICMPEchoRequests: c.ICMPEchoRequests.Load(), ICMPEchoReplies: c.ICMPEchoReplies.Load(),
 		ICMPOtherIn: c.ICMPOtherIn.Load(),
 
-		TCPIn: c.TCPIn.Load(), TCPNoHandler: c.TCPNoHandler.Load(),
+		TCPIn: c.TCPIn.Load(), TCPNoHandler: c.TCPNoHandler.Load(), HeldDrops: c.HeldDrops.Load(),
 	}
 }
