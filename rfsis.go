@@ -16,14 +16,14 @@
 //		if err != nil { log.Fatal(err) }
 //	}
 //
-// The same binary runs on both nodes; the configuration decides the role.
-// Failover (the backup keeping a live copy of every connection) is not
-// built yet: see the README's status section.
+// The same binary runs on both nodes; the configuration decides the
+// starting role. The main serves; the backup runs the same application
+// on a live copy of every connection (hot standby) and takes over when
+// the main dies (package failover).
 package rfsis
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/zppratt/rfsis/config"
+	"github.com/zppratt/rfsis/failover"
 	"github.com/zppratt/rfsis/link"
 	"github.com/zppratt/rfsis/link/tap"
 	"github.com/zppratt/rfsis/stack"
@@ -43,10 +44,6 @@ import (
 // App is an application: it runs until it returns or ctx is cancelled
 // (on SIGINT or SIGTERM under Run), and should return promptly then.
 type App func(ctx context.Context, n *Node) error
-
-// ErrBackupRole is returned when the configuration asks for the backup
-// role, which needs the failover layer that is not built yet.
-var ErrBackupRole = errors.New("rfsis: the backup role needs failover, which is not implemented yet")
 
 // Options are the knobs of RunContext beyond the configuration file.
 type Options struct {
@@ -81,8 +78,8 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if cfg.Backup {
-		return ErrBackupRole
+	if err := cfg.RequireSyncKey(); err != nil {
+		return err
 	}
 	log := opts.Logger
 	if log == nil {
@@ -102,8 +99,12 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 		}
 		dev = d
 	}
+	// The stack's primary address is the node's own; the main also owns
+	// the service address, held silent until the failover layer says it
+	// may serve.
+	own := cfg.OwnAddr()
 	scfg := stack.Default()
-	scfg.Addr = cfg.IPv4Addr
+	scfg.Addr = own
 	scfg.Prefix = cfg.Prefix()
 	scfg.MAC = cfg.HardwareAddr()
 	scfg.Gateway = cfg.Gateway
@@ -114,20 +115,41 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 		return fmt.Errorf("rfsis: start stack: %w", err)
 	}
 	defer st.Close()
-	if cfg.MainAddr.IsValid() && cfg.MainAddr != cfg.IPv4Addr {
-		if err := st.AddAddress(cfg.MainAddr); err != nil {
-			return fmt.Errorf("rfsis: main_addr: %w", err)
+	role := "main"
+	if cfg.Backup {
+		role = "backup"
+	} else {
+		if own != cfg.IPv4Addr {
+			if err := st.AddAddress(cfg.IPv4Addr); err != nil {
+				return fmt.Errorf("rfsis: service address: %w", err)
+			}
 		}
+		exempt := uint16(0)
+		if own == cfg.IPv4Addr {
+			exempt = cfg.SyncPort
+		}
+		st.Hold(cfg.IPv4Addr, exempt)
 	}
-	// Tell the LAN at once that the service address is here now.
-	if err := st.SendGratuitousARP(cfg.IPv4Addr, 3, 200*time.Millisecond); err != nil {
-		log.Warn("gratuitous ARP failed", "err", err)
+	fn, err := failover.NewNode(cfg, st, log, time.Now())
+	if err != nil {
+		return err
 	}
-	log.Info("stack up", "device", dev.Name(), "addr", cfg.IPv4Addr, "mac", st.MAC().String(), "port", cfg.Port, "role", "main")
-	n := &Node{cfg: cfg, st: st, log: log}
+	log.Info("stack up", "device", dev.Name(), "own", own, "service", cfg.IPv4Addr, "mac", st.MAC().String(), "port", cfg.Port, "role", role)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	return app(ctx, n)
+	ferr := make(chan error, 1)
+	go func() {
+		err := fn.Run(ctx)
+		cancel() // standing down ends the application too
+		ferr <- err
+	}()
+	n := &Node{cfg: cfg, st: st, log: log, fo: fn}
+	aerr := app(ctx, n)
+	cancel()
+	if err := <-ferr; err != nil {
+		return err
+	}
+	return aerr
 }
 
 // Node is a running stack as the application sees it.
@@ -135,6 +157,7 @@ type Node struct {
 	cfg config.Config
 	st  *stack.Stack
 	log *slog.Logger
+	fo  *failover.Node
 }
 
 // Listen listens on the service address and port of the configuration.
@@ -144,12 +167,20 @@ func (n *Node) Listen() (net.Listener, error) {
 
 // ListenPort listens on the service address and another port.
 func (n *Node) ListenPort(port uint16) (net.Listener, error) {
-	return n.st.ListenTCP(netip.AddrPortFrom(n.cfg.IPv4Addr, port), stack.ListenConfig{})
+	l, err := n.st.ListenTCP(netip.AddrPortFrom(n.cfg.IPv4Addr, port), stack.ListenConfig{})
+	if err != nil {
+		return nil, err
+	}
+	n.fo.Serves(l) // on the backup, mirrored connections arrive here
+	return l, nil
 }
+
+// Failover returns the node's failover layer (role, statistics).
+func (n *Node) Failover() *failover.Node { return n.fo }
 
 // Dial opens a connection from the node's own address.
 func (n *Node) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
-	return n.st.DialTCP(ctx, n.cfg.IPv4Addr, addr)
+	return n.st.DialTCP(ctx, n.cfg.OwnAddr(), addr)
 }
 
 // Config returns the node's configuration.

@@ -62,9 +62,11 @@
 //     logged and counted) and held.
 //  4. CLOSE(conn id, kind): the FIN or RST goes out only once the backup
 //     knows (CloseOK).
-//  5. ACKED(conn id, snd.una, snd.wnd, ts.recent, rcv.adv): the client's
-//     progress, so the backup trims what the client has and knows the
-//     window and timestamps to continue with.
+//  5. ACKED(conn id, tcp.Progress): the client's progress (snd.una,
+//     snd.wnd, ts.recent, rcv.adv) so the backup trims what the client has
+//     and knows the window and timestamps to continue with, plus the ends
+//     of the received and written bytes and the two FIN flags, so the
+//     backup places each FIN after exactly the right byte.
 //
 // The backup acknowledges log positions cumulatively (SYNCACK with the
 // highest applied seq); the main batches as it likes, never past a gate.

@@ -86,7 +86,7 @@ func (s *Stack) setTransport(h transportHandler) {
 // cache, and writes the frame, or queues it until ARP answers. It always
 // consumes p.
 func (s *Stack) sendIPv4(p *packet, src, dst netip.Addr, proto uint8, n int) error {
-	if s.heldOutput(src, proto, p.payload()[:n]) {
+	if n >= 0 && n <= len(p.payload()) && s.heldOutput(src, proto, p.payload()[:n]) {
 		s.putPacket(p)
 		return nil // as if lost on the wire: TCP retransmits later
 	}

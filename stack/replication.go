@@ -132,12 +132,19 @@ func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
 	t.mu.Unlock()
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	if c.State() != tcp.StateSynReceived {
+	switch {
+	case l == nil:
+		// No application listens on this port here: a cold standby that
+		// keeps the state for takeover.
+		if c.State() != tcp.StateSynReceived {
+			close(ep.established)
+		}
+	case c.State() != tcp.StateSynReceived:
 		close(ep.established)
 		if !l.enqueue(ep) {
 			return nil, errors.New("stack: standby: accept queue full")
 		}
-	} else {
+	default:
 		ep.listener = l
 		l.mu.Lock()
 		l.halfOpen++
@@ -256,3 +263,7 @@ func (ep *endpoint) holdStandbyWriteLocked(p []byte) bool {
 	ep.appNext = ep.appNext.Add(uint32(len(p)))
 	return true
 }
+
+// Drop ends a standby connection silently (the main's copy ended): its
+// application sees the connection reset; nothing goes on the wire.
+func (sb *Standby) Drop() { sb.ep.abort() }

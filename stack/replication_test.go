@@ -19,52 +19,6 @@ import (
 	"github.com/zppratt/rfsis/stack/tcp"
 )
 
-// hub is an Ethernet hub for tests: every frame entering a port leaves
-// by all the others. cut isolates a port (a pulled cable).
-type hub struct {
-	ports []*pipe.Device // the hub's ends
-	cut   []atomic.Bool
-	wg    sync.WaitGroup
-}
-
-func newHub(t *testing.T, n int) (*hub, []*pipe.Device) {
-	h := &hub{cut: make([]atomic.Bool, n)}
-	var hosts []*pipe.Device
-	for range n {
-		a, b := pipe.New(1500)
-		h.ports = append(h.ports, a)
-		hosts = append(hosts, b)
-	}
-	for i, p := range h.ports {
-		h.wg.Add(1)
-		go func() {
-			defer h.wg.Done()
-			buf := make([]byte, 1514)
-			for {
-				n, err := p.ReadFrame(buf)
-				if err != nil {
-					return
-				}
-				if h.cut[i].Load() {
-					continue
-				}
-				for j, q := range h.ports {
-					if j != i && !h.cut[j].Load() {
-						q.WriteFrame(buf[:n])
-					}
-				}
-			}
-		}()
-	}
-	t.Cleanup(func() {
-		for _, p := range h.ports {
-			p.Close()
-		}
-		h.wg.Wait()
-	})
-	return h, hosts
-}
-
 // syncHook replicates synchronously from the main's stack to standby
 // connections on the backup's: a stand-in for package failover.
 type syncHook struct {
@@ -145,7 +99,8 @@ func echoServe(l *Listener) {
 }
 
 func TestReplicatedEchoSurvivesMainLoss(t *testing.T) {
-	h, devs := newHub(t, 3)
+	h, devs := pipe.NewHub(3, 1500)
+	t.Cleanup(h.Close)
 	svc := netip.MustParseAddr("10.77.2.1")
 	mk := func(dev *pipe.Device, addr string, mac byte) *Stack {
 		cfg := Default()
@@ -207,7 +162,7 @@ func TestReplicatedEchoSurvivesMainLoss(t *testing.T) {
 	// Mid-stream: pull the main's cable and kill it; the backup claims
 	// the service address and turns its standby connections live.
 	require.Eventually(t, func() bool { return progress.Load() > conns*msgs/3 }, 20*time.Second, time.Millisecond)
-	h.cut[1].Store(true)
+	h.Cut(1, true)
 	main.Close()
 	killed := progress.Load()
 	require.NoError(t, backup.AddAddress(svc))

@@ -162,6 +162,7 @@ type Conn struct {
 	rtoAt, delackAt, persistAt, keepaliveAt, closeAt time.Time
 	persistBackoff                                   int
 	keepaliveProbes                                  int
+	probesOut                                        int // unanswered window probes
 	lastRecv                                         time.Time
 
 	// Output requests.
@@ -173,6 +174,7 @@ type Conn struct {
 	rstSeq     Seq
 
 	rstAbort bool // the pending RST ends the connection: gated by CloseOK
+	ackHeld  bool // the last ACK sent was held back by the gate
 
 	standby       bool // a backup's copy: sends nothing, runs no timers
 	dupAcksToSend int  // extra duplicate ACKs to send (takeover)
@@ -199,7 +201,7 @@ func newConn(cfg Config, id FourTuple, iss Seq, now time.Time) *Conn {
 		rexmitNxt:       iss,
 		sndBufSeq:       iss + 1,
 		sndBuf:          newRing(cfg.SendBufferSize),
-		rcvBuf:          newRing(cfg.ReceiveBufferSize),
+		rcvBuf:          newRing(cfg.ReceiveBufferSize + rcvSlack),
 		rto:             cfg.InitialRTO,
 		ssthresh:        ^uint32(0) >> 2,
 		tsEpoch:         now,
@@ -214,6 +216,10 @@ func newConn(cfg Config, id FourTuple, iss Seq, now time.Time) *Conn {
 	c.rcvShift = windowShift(cfg.ReceiveBufferSize)
 	return c
 }
+
+// rcvSlack is receive-buffer room beyond ReceiveBufferSize for the bytes
+// a window rounded up to the scale granularity may let in.
+const rcvSlack = 1 << 14
 
 // windowShift is the smallest window scale that advertises n bytes.
 func windowShift(n int) uint8 {
@@ -291,7 +297,14 @@ func (c *Conn) TakeEvents() Events {
 }
 
 // SetGate installs the replication gate; see Gate.
-func (c *Conn) SetGate(g Gate) { c.gate = g }
+func (c *Conn) SetGate(g Gate) {
+	// An ACK the old limit held back is owed as soon as the limit passes
+	// it: nothing else would send it.
+	if c.ackHeld && g.Enabled && c.lastAckSent.Less(seqMin(g.AckLimit, c.rcvNxt)) || c.ackHeld && !g.Enabled {
+		c.ackNow = true
+	}
+	c.gate = g
+}
 
 // Gate returns the installed gate.
 func (c *Conn) Gate() Gate { return c.gate }
@@ -351,7 +364,7 @@ func (c *Conn) Read(p []byte) int {
 	// and grown by a segment (RFC 9293 3.8.6.2.2, as Linux does).
 	if c.state.synchronized() && !c.peerFin {
 		cur := c.advertisedWindow()
-		next := c.rcvRead.Add(uint32(c.rcvBuf.limit)).Sub(c.rcvNxt)
+		next := c.rcvRead.Add(uint32(c.cfg.ReceiveBufferSize)).Sub(c.rcvNxt)
 		if next >= 2*cur && next-cur >= uint32(c.mss()) {
 			c.ackNow = true
 		}
@@ -387,7 +400,10 @@ func (c *Conn) CloseWrite(now time.Time) {
 	case StateSynSent:
 		c.finish(nil)
 		return
-	case StateSynReceived, StateEstablished:
+	case StateSynReceived:
+		// The FIN waits for the handshake (RFC 9293 3.10.4): Handle moves
+		// to FIN-WAIT-1 when the SYN-ACK is acknowledged.
+	case StateEstablished:
 		c.state = StateFinWait1
 	case StateCloseWait:
 		c.state = StateLastAck
@@ -442,12 +458,24 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 	}
 	c.lastRecv = now
 	c.keepaliveProbes = 0
+	c.probesOut = 0
 	rst := seg.Flags&FlagRST != 0
 
 	// A retransmitted SYN in SYN-RECEIVED: our SYN-ACK was lost.
 	if c.state == StateSynReceived && seg.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN && seg.Seq == c.irs {
 		c.synPending = true
+		c.rttTiming = false // Karn: the answer to the resent SYN-ACK is ambiguous
 		return
+	}
+	// Simultaneous open (RFC 9293 figure 8): the peer's SYN-ACK crossed
+	// ours. Its SYN is the one we hold already; take the rest as the ACK
+	// that completes the handshake. Its window is unscaled, as in any
+	// SYN: scale it down so that processing it as a scaled one is safe.
+	if c.state == StateSynReceived && seg.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN|FlagACK &&
+		seg.Seq == c.irs && seg.Ack == c.sndNxt {
+		seg.Flags &^= FlagSYN
+		seg.Seq++
+		seg.Window >>= c.sndShift
 	}
 
 	// PAWS (RFC 7323 5.3): an older timestamp means an old duplicate.
@@ -505,6 +533,10 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 		}
 		c.sndUna = c.iss + 1
 		c.rexmitNxt = c.sndUna
+		if c.rttTiming { // the SYN-ACK was timed (sendSYN)
+			c.sampleRTT(now.Sub(c.rttStart))
+			c.rttTiming = false
+		}
 		c.state = StateEstablished
 		if c.finQueued {
 			c.state = StateFinWait1
@@ -652,7 +684,7 @@ func (c *Conn) handleSynSent(now time.Time, seg *Segment) {
 		if c.finQueued {
 			c.state = StateFinWait1
 		}
-		c.sndWnd = uint32(seg.Window) << c.sndShift
+		c.sndWnd = uint32(seg.Window) // a SYN-ACK's window is never scaled (RFC 7323 2.2)
 		c.maxSndWnd = c.sndWnd
 		c.sndWL1, c.sndWL2 = seg.Seq, seg.Ack
 		c.events |= EventEstablished | EventWritable
@@ -762,7 +794,10 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 		c.ackNow = true
 	}
 	// Trim to the buffer's edge; the advertised window never exceeds it.
-	edge := c.rcvRead.Add(uint32(c.rcvBuf.limit))
+	// (The advertised edge may lie up to rcvSlack past the buffer: see
+	// windowField.)
+	edge := seqMin(seqMax(c.rcvRead.Add(uint32(c.cfg.ReceiveBufferSize)), c.rcvAdvEdge),
+		c.rcvRead.Add(uint32(c.rcvBuf.limit)))
 	if len(payload) > 0 && seq.Add(uint32(len(payload))).Greater(edge) {
 		if seq.GreaterEq(edge) {
 			payload = nil
@@ -770,12 +805,6 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 			payload = payload[:edge.Sub(seq)]
 		}
 		c.ackNow = true
-	}
-	if c.readShutdown && len(payload) > 0 && seq == c.rcvNxt {
-		// The application will never read: acknowledge and drop.
-		c.rcvNxt = c.rcvNxt.Add(uint32(len(payload)))
-		c.rcvRead = c.rcvNxt
-		payload = nil
 	}
 	if len(payload) > 0 {
 		c.rcvBuf.writeAt(int(seq.Sub(c.rcvRead)), payload)
@@ -807,6 +836,12 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 			c.addOOO(seqRange{seq, end})
 			c.ackNow = true // a duplicate ACK tells the sender of the hole
 		}
+	}
+	if c.readShutdown && c.rcvBuf.size > 0 {
+		// The application will never read: consume what is in order at
+		// once (it was queued, merged and acknowledged as usual).
+		c.rcvRead = c.rcvRead.Add(uint32(c.rcvBuf.size))
+		c.rcvBuf.discard(c.rcvBuf.size)
 	}
 	if c.rcvFinKnown && !c.peerFin && c.rcvNxt == c.rcvFinSeq {
 		c.rcvNxt++

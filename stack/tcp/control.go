@@ -224,9 +224,15 @@ func (c *Conn) Tick(now time.Time) {
 	}
 	if due(c.closeAt, now) {
 		c.closeAt = time.Time{}
-		if c.state == StateTimeWait || c.state == StateFinWait2 {
+		switch {
+		case c.state == StateTimeWait, c.state == StateFinWait2 && c.readShutdown:
 			c.finish(nil)
 			return
+		case c.state == StateFinWait2:
+			// Half-closed: the application still reads, and the peer
+			// may send for as long as it likes. Linux applies
+			// tcp_fin_timeout to orphaned sockets only; check again later.
+			c.closeAt = now.Add(c.cfg.FinWait2Timeout)
 		}
 	}
 	if due(c.delackAt, now) {
@@ -241,12 +247,23 @@ func (c *Conn) Tick(now time.Time) {
 	}
 	if due(c.persistAt, now) {
 		c.persistAt = time.Time{}
+		// Probes a live peer answers reset probesOut (Handle); a peer
+		// gone silent is given up on like an unanswered retransmission.
+		if c.probesOut >= c.cfg.MaxRetries {
+			c.finish(ErrTimeout)
+			return
+		}
+		c.probesOut++
 		c.probeNow = true
 		c.persistBackoff++
 	}
 	if due(c.keepaliveAt, now) {
 		c.keepaliveAt = time.Time{}
-		if now.Sub(c.lastRecv) >= c.cfg.KeepAlive {
+		if c.sndNxt != c.sndUna || c.sndNxt.Less(c.dataEnd()) {
+			// Not idle: the retransmission or persist timer watches the
+			// peer (as Linux's keepalive timer does).
+			c.keepaliveAt = now.Add(c.cfg.KeepAlive)
+		} else if now.Sub(c.lastRecv) >= c.cfg.KeepAlive {
 			if c.keepaliveProbes >= c.cfg.KeepAliveCount {
 				c.finish(ErrTimeout)
 				return
@@ -263,6 +280,13 @@ func (c *Conn) Tick(now time.Time) {
 func (c *Conn) onRTO(now time.Time) {
 	c.rtoAt = time.Time{}
 	c.retries++
+	if c.sndWnd == 0 && c.state.synchronized() && now.Sub(c.lastRecv) < c.cfg.MaxRTO {
+		// The peer shrank its window to zero under our data but still
+		// answers: these retransmissions are window probes, and the
+		// connection must not time out for them (RFC 9293 3.8.6; Linux's
+		// tcp_retransmit_timer does the same).
+		c.retries--
+	}
 	limit := c.cfg.MaxRetries
 	if c.state == StateSynSent || c.state == StateSynReceived {
 		limit = c.cfg.SynRetries

@@ -39,6 +39,13 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("payload changed")
 		}
 		s.Payload, s2.Payload = nil, nil
+		// SACK blocks beyond the 40 bytes of option space are left out.
+		if s2.NumSACK < s.NumSACK {
+			for i := s2.NumSACK; i < s.NumSACK; i++ {
+				s.SACK[i] = SACKBlock{}
+			}
+			s.NumSACK = s2.NumSACK
+		}
 		if !reflect.DeepEqual(s, s2) {
 			t.Fatalf("fields changed:\n%+v\n%+v", s, s2)
 		}

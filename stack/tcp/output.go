@@ -89,7 +89,7 @@ func (c *Conn) sendSYN(now time.Time, emit func(*Segment)) {
 		s.TSEcr = c.tsRecent
 		c.tsLast = s.TSVal
 	}
-	win := min(c.rcvBuf.limit, 0xffff) // never scaled in a SYN
+	win := min(c.cfg.ReceiveBufferSize, 0xffff) // never scaled in a SYN
 	s.Window = uint16(win)
 	if !active {
 		s.Flags |= FlagACK
@@ -124,6 +124,7 @@ func (c *Conn) emitWithAck(now time.Time, emit func(*Segment), s *Segment) {
 		c.fillSACK(s, ack)
 	}
 	c.lastAckSent = ack
+	c.ackHeld = ack != c.rcvNxt
 	c.ackNow = false
 	c.sentAck = true
 	c.delackAt = time.Time{}
@@ -136,19 +137,26 @@ func (c *Conn) emitWithAck(now time.Time, emit func(*Segment), s *Segment) {
 // 3.8.6.2.2) and moves right only in steps of at least a segment or half
 // the buffer, whichever is smaller (receiver silly-window avoidance).
 func (c *Conn) windowField(ack Seq) uint16 {
-	edge := c.rcvRead.Add(uint32(c.rcvBuf.limit))
+	edge := c.rcvRead.Add(uint32(c.cfg.ReceiveBufferSize))
 	if c.readShutdown {
-		edge = c.rcvNxt.Add(uint32(c.rcvBuf.limit))
+		edge = c.rcvNxt.Add(uint32(c.cfg.ReceiveBufferSize))
 	}
-	step := uint32(min(c.rcvBuf.limit/2, c.mss()))
-	if edge.Greater(c.rcvAdvEdge) && edge.Sub(c.rcvAdvEdge) < step && c.rcvAdvEdge.Greater(c.rcvNxt) {
+	step := uint32(min(c.cfg.ReceiveBufferSize/2, c.mss()))
+	// Measured from the current right edge, or from RCV.NXT when the
+	// window is closed: a closed window reopens by a step or not at all.
+	if base := seqMax(c.rcvAdvEdge, c.rcvNxt); edge.Greater(base) && edge.Sub(base) < step {
 		edge = c.rcvAdvEdge
 	}
 	edge = seqMax(edge, c.rcvAdvEdge)
 	if edge.LessEq(ack) {
 		return 0
 	}
-	wnd := min(edge.Sub(ack)>>c.rcvShift, 0xffff)
+	// Round up to the scale's granularity: rounding down would show the
+	// peer an edge left of one already offered (RFC 7323 2.4; Linux's
+	// tcp_select_window does the same). At most 2^scale-1 bytes past
+	// the buffer: processData keeps them (the ring has that slack).
+	g := uint32(1)<<c.rcvShift - 1
+	wnd := min((edge.Sub(ack)+g)>>c.rcvShift, 0xffff)
 	if adv := ack.Add(wnd << c.rcvShift); adv.Greater(c.rcvAdvEdge) {
 		c.rcvAdvEdge = adv
 	}

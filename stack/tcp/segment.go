@@ -200,10 +200,21 @@ func (s *Segment) OptionsLen() int {
 	case s.HasTS:
 		n += 12 // NOP NOP + 10
 	}
-	if s.NumSACK > 0 {
-		n += 4 + 8*int(s.NumSACK) // NOP NOP + 2 + blocks
+	if k := s.sackFit(n); k > 0 {
+		n += 4 + 8*k // NOP NOP + 2 + blocks
 	}
 	return n
+}
+
+// sackFit is how many of the SACK blocks fit in the 40 bytes of option
+// space beside n bytes of other options; the rest are left out (RFC 2018
+// section 3), never the header length overflowed.
+func (s *Segment) sackFit(n int) int {
+	k := int(s.NumSACK)
+	for k > 0 && n+4+8*k > 40 {
+		k--
+	}
+	return k
 }
 
 // Marshal writes the header, options and payload of s into b and returns
@@ -252,10 +263,10 @@ func (s *Segment) Marshal(b []byte, pseudo uint16, checksum func([]byte, uint16)
 		o[0], o[1], o[2], o[3] = optNOP, optWindowScale, 3, byte(s.WScale)
 		o = o[4:]
 	}
-	if s.NumSACK > 0 {
-		o[0], o[1], o[2], o[3] = optNOP, optNOP, optSACK, byte(2+8*int(s.NumSACK))
+	if k := len(o) / 8; k > 0 {
+		o[0], o[1], o[2], o[3] = optNOP, optNOP, optSACK, byte(2+8*k)
 		o = o[4:]
-		for i := range int(s.NumSACK) {
+		for i := range k {
 			binary.BigEndian.PutUint32(o[0:], uint32(s.SACK[i].Start))
 			binary.BigEndian.PutUint32(o[4:], uint32(s.SACK[i].End))
 			o = o[8:]

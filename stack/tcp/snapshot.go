@@ -116,11 +116,14 @@ func (s *Snapshot) Validate() error {
 		return bad("send data %d bytes over buffer %d", len(s.SendData), cfg.SendBufferSize)
 	case s.SndBufSeq.Greater(s.SndUna.Add(1)) || s.SndUna.Greater(s.SndBufSeq.Add(uint32(len(s.SendData))+1)):
 		return bad("send buffer at %d does not cover SND.UNA %d", s.SndBufSeq, s.SndUna)
+	case s.State.synchronized() && s.SndBufSeq.Greater(s.SndUna):
+		// Only a SYN (SYN-SENT, SYN-RECEIVED) lies before the buffer.
+		return bad("send buffer at %d after SND.UNA %d", s.SndBufSeq, s.SndUna)
 	case s.SndNxt.Greater(s.SndBufSeq.Add(uint32(len(s.SendData)) + 1)):
 		return bad("SND.NXT %d beyond written data", s.SndNxt)
 	case s.RcvRead.Greater(s.RcvNxt):
 		return bad("RCV read point %d after RCV.NXT %d", s.RcvRead, s.RcvNxt)
-	case len(s.RecvData) > cfg.ReceiveBufferSize:
+	case len(s.RecvData) > cfg.ReceiveBufferSize+rcvSlack:
 		return bad("receive data %d bytes over buffer %d", len(s.RecvData), cfg.ReceiveBufferSize)
 	case len(s.OutOfOrder) > maxOOO:
 		return bad("%d out-of-order ranges", len(s.OutOfOrder))

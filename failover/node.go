@@ -1,0 +1,556 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zppratt/rfsis/config"
+	"github.com/zppratt/rfsis/stack"
+	"github.com/zppratt/rfsis/stack/tcp"
+)
+
+// This file drives everything else: it owns the sync connection between
+// the two nodes, feeds the role machine, ships connections from the main
+// (through the stack's ReplicationHook) and applies them on the backup
+// (as stack.Standby connections), and carries out the role machine's
+// decisions: claim the service address, hold it, or stand down.
+
+// ErrStoodDown is returned by Node.Run when this node learned that the
+// other node serves in a higher epoch: the process must exit (and be
+// restarted, when it comes back as a backup).
+var ErrStoodDown = errors.New("failover: stood down: the other node serves")
+
+// Node is one node of a failover pair.
+type Node struct {
+	cfg  config.Config
+	log  *slog.Logger
+	st   *stack.Stack
+	svc  netip.Addr // the service address
+	own  netip.Addr // this node's own stack address
+	peer netip.Addr // the other node's own address
+	key  Key
+
+	mu         sync.Mutex
+	rm         *RoleMachine
+	kick       chan struct{} // wakes the driver: the role machine has news
+	sess       *session      // the live sync session, or nil
+	listeners  map[uint16]*stack.Listener
+	mains      map[tcp.FourTuple]*mainConn
+	standbys   map[tcp.FourTuple]*backupConn
+	peerRole   Role
+	peerBackup bool
+	stoodDown  atomic.Bool
+
+	stats Stats
+}
+
+// Stats counts what the failover layer did and saw.
+type Stats struct {
+	Takeovers, StandDowns                      atomic.Uint64
+	FramesIn, FramesOut, BadFrames, Sessions   atomic.Uint64
+	ConnsReplicated, StandbysAdopted, Diverged atomic.Uint64
+}
+
+// NewNode prepares a node on a running stack. The stack must own the
+// node's own address (backup_addr or main_addr); a main's stack also owns
+// the service address, held until the role machine says it may serve.
+func NewNode(cfg config.Config, st *stack.Stack, log *slog.Logger, now time.Time) (*Node, error) {
+	if err := cfg.RequireSyncKey(); err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:       cfg,
+		log:       log,
+		st:        st,
+		svc:       cfg.IPv4Addr,
+		own:       cfg.OwnAddr(),
+		peer:      cfg.PeerAddr(),
+		key:       DeriveKey(cfg.SyncKey),
+		rm:        NewRoleMachine(NewRoleConfig(cfg), now),
+		kick:      make(chan struct{}, 1),
+		listeners: make(map[uint16]*stack.Listener),
+		mains:     make(map[tcp.FourTuple]*mainConn),
+		standbys:  make(map[tcp.FourTuple]*backupConn),
+	}
+	if cfg.Insecure && cfg.SyncKey == "" {
+		log.Warn("sync channel is not authenticated: insecure is set and sync_key is empty")
+	}
+	if n.own == n.svc {
+		log.Warn("main_addr is not set: the main's sync channel uses the service address, so a frozen main that wakes up cannot reach its peer before it must decide; set main_addr")
+	}
+	return n, nil
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() *Stats { return &n.stats }
+
+// Role returns the node's current role and epoch.
+func (n *Node) Role() (Role, uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.rm.Role(), n.rm.Epoch()
+}
+
+// Serves registers the application's listener on the service address:
+// on the backup, standby connections for its port are queued on it.
+func (n *Node) Serves(l *stack.Listener) {
+	ap, err := netip.ParseAddrPort(l.Addr().String())
+	if err != nil {
+		return
+	}
+	n.mu.Lock()
+	n.listeners[ap.Port()] = l
+	n.mu.Unlock()
+}
+
+// ProtectedConns counts the connections a live backup holds.
+func (n *Node) ProtectedConns() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.rm.Role() != RoleMain {
+		return 0
+	}
+	return len(n.mains)
+}
+
+func (n *Node) wake() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run drives the node until ctx ends or it stands down.
+func (n *Node) Run(ctx context.Context) error {
+	n.applyReady(time.Now()) // the initial hold
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.connectLoop(ctx)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.retryLoop(ctx)
+	}()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		n.mu.Lock()
+		n.rm.Tick(now)
+		n.mu.Unlock()
+		if err := n.applyReady(now); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		d := n.rm.NextDeadline()
+		n.mu.Unlock()
+		wait := time.Hour
+		if !d.IsZero() {
+			wait = max(time.Until(d), 0)
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-timer.C:
+		case <-n.kick:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		}
+	}
+}
+
+// applyReady carries out what the role machine decided.
+func (n *Node) applyReady(now time.Time) error {
+	n.mu.Lock()
+	if !n.rm.HasReady() && n.rm.Role() != RoleJoining {
+		hold := n.rm.HoldOutput()
+		n.mu.Unlock()
+		n.setHold(hold)
+		return nil
+	}
+	rd := n.rm.Ready()
+	n.rm.Advance()
+	sess := n.sess
+	n.mu.Unlock()
+
+	if rd.ConfigError != nil {
+		n.log.Error("failover misconfiguration", "err", rd.ConfigError)
+	}
+	if rd.StandDown {
+		n.stats.StandDowns.Add(1)
+		n.stoodDown.Store(true)
+		n.st.Hold(n.svc, 0)
+		n.st.RemoveAddress(n.svc)
+		n.log.Error("standing down: the other node serves in a higher epoch; exiting", "epoch", rd.Epoch)
+		return ErrStoodDown
+	}
+	if rd.TakeOver {
+		n.takeOver(now, rd.Epoch)
+	}
+	if rd.Unprotected {
+		n.unprotect()
+	}
+	if rd.Protected {
+		n.protect()
+	}
+	n.setHold(rd.HoldOutput)
+	if sess != nil {
+		if rd.Ping != 0 {
+			sess.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Ping: rd.Ping, Role: uint8(rd.Role), StartAsBackup: n.cfg.Backup}, nil)
+		}
+		if rd.Pong != 0 {
+			sess.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Pong: rd.Pong, Role: uint8(rd.Role), StartAsBackup: n.cfg.Backup}, nil)
+		}
+	}
+	return nil
+}
+
+// setHold holds or releases the service address, when this node has it.
+func (n *Node) setHold(hold bool) {
+	if !n.st.HasAddress(n.svc) {
+		return
+	}
+	was := n.st.Held(n.svc)
+	switch {
+	case hold && !was:
+		exempt := uint16(0)
+		if n.own == n.svc {
+			exempt = n.cfg.SyncPort
+		}
+		n.st.Hold(n.svc, exempt)
+		n.log.Info("holding the service address", "addr", n.svc)
+	case !hold && was:
+		n.st.Unhold()
+		n.log.Info("serving the service address", "addr", n.svc)
+		if err := n.st.SendGratuitousARP(n.svc, 3, 100*time.Millisecond); err != nil {
+			n.log.Warn("gratuitous ARP", "err", err)
+		}
+	}
+}
+
+// takeOver is the backup becoming the server (doc.go, "Takeover").
+func (n *Node) takeOver(now time.Time, epoch uint64) {
+	n.stats.Takeovers.Add(1)
+	start := time.Now()
+	if err := n.st.AddAddress(n.svc); err != nil && !n.st.HasAddress(n.svc) {
+		n.log.Error("takeover: claim the service address", "err", err)
+	}
+	n.st.Unhold()
+	if err := n.st.SendGratuitousARP(n.svc, 3, 50*time.Millisecond); err != nil {
+		n.log.Warn("takeover: gratuitous ARP", "err", err)
+	}
+	n.mu.Lock()
+	sbs := make([]*backupConn, 0, len(n.standbys))
+	for _, b := range n.standbys {
+		sbs = append(sbs, b)
+	}
+	n.standbys = make(map[tcp.FourTuple]*backupConn)
+	n.mu.Unlock()
+	live := 0
+	for _, b := range sbs {
+		b.deliver() // anything held back by a full buffer goes in now
+		if err := b.sb.GoLive(b.sb.WrittenEnd(), 5); err != nil {
+			n.log.Warn("takeover: connection could not go live", "conn", b.sb.ID(), "err", err)
+			continue
+		}
+		live++
+	}
+	n.log.Warn("took over the service", "addr", n.svc, "epoch", epoch, "connections", live, "took", time.Since(start))
+}
+
+// unprotect: the backup is gone; the main serves alone, gates open.
+func (n *Node) unprotect() {
+	n.st.SetReplicationHook(nil)
+	n.mu.Lock()
+	mains := n.mains
+	n.mains = make(map[tcp.FourTuple]*mainConn)
+	n.mu.Unlock()
+	for _, m := range mains {
+		m.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+	}
+	n.log.Warn("backup lost: serving unprotected", "connections", len(mains))
+}
+
+// protect: a backup joined; replicate to it from now on.
+func (n *Node) protect() {
+	n.st.SetReplicationHook((*mainHook)(n))
+	n.log.Info("backup joined: connections opened from now on are protected")
+}
+
+// --- The sync connection ---
+
+// connectLoop keeps one sync session up: the node configured as backup
+// dials, the other listens.
+func (n *Node) connectLoop(ctx context.Context) {
+	if n.cfg.Backup {
+		for ctx.Err() == nil {
+			dctx, cancel := context.WithTimeout(ctx, max(n.cfg.HeartbeatTimer*time.Duration(n.cfg.HeartbeatMisses), time.Second))
+			c, err := n.st.DialTCP(dctx, n.own, netip.AddrPortFrom(n.peer, n.cfg.SyncPort))
+			cancel()
+			if err != nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(min(n.cfg.HeartbeatTimer, 200*time.Millisecond)):
+				}
+				continue
+			}
+			c.SetNoDelay(true)
+			n.runSession(ctx, c)
+		}
+		return
+	}
+	l, err := n.st.ListenTCP(netip.AddrPortFrom(n.own, n.cfg.SyncPort), stack.ListenConfig{Backlog: 4})
+	if err != nil {
+		n.log.Error("sync listener", "err", err)
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			return
+		}
+		if !c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().IsValid() ||
+			c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap() != n.peer {
+			c.Close() // only the configured peer may sync with us
+			continue
+		}
+		c.SetNoDelay(true)
+		n.runSession(ctx, c)
+	}
+}
+
+// session is one sync connection.
+type session struct {
+	n     *Node
+	c     *stack.Conn
+	codec *Session
+	mu    sync.Mutex
+	queue []outMsg
+	cond  *sync.Cond
+	done  bool
+	// Effects of frames we sent, applied when the peer acknowledges them.
+	effects []effect
+}
+
+type outMsg struct {
+	m   Message
+	eff func() // run when the peer has applied this message
+}
+
+type effect struct {
+	seq uint64
+	fn  func()
+}
+
+func (s *session) send(m Message, eff func()) {
+	s.mu.Lock()
+	if !s.done {
+		s.queue = append(s.queue, outMsg{m: m, eff: eff})
+		s.cond.Signal()
+	}
+	s.mu.Unlock()
+}
+
+func (n *Node) runSession(ctx context.Context, c *stack.Conn) {
+	n.stats.Sessions.Add(1)
+	s := &session{n: n, c: c, codec: NewSession(n.key, NewNonce())}
+	s.cond = sync.NewCond(&s.mu)
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	defer c.Close()
+
+	n.mu.Lock()
+	role := n.rm.Role()
+	epoch := n.rm.Epoch()
+	n.mu.Unlock()
+	hello, err := s.codec.Enc.AppendFrame(nil, &Message{Type: MsgHello, Epoch: epoch, Role: uint8(role)})
+	if err != nil || write(c, hello) != nil {
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.writeLoop()
+	}()
+	s.readLoop()
+	s.mu.Lock()
+	s.done = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	c.Close()
+	wg.Wait()
+	n.mu.Lock()
+	if n.sess == s {
+		n.sess = nil
+	}
+	n.rm.PeerDisconnected(time.Now())
+	n.mu.Unlock()
+	n.wake()
+}
+
+func write(c *stack.Conn, b []byte) error {
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Write(b)
+	return err
+}
+
+func (s *session) writeLoop() {
+	var buf []byte
+	for {
+		s.mu.Lock()
+		for len(s.queue) == 0 && !s.done {
+			s.cond.Wait()
+		}
+		if s.done {
+			s.mu.Unlock()
+			return
+		}
+		q := s.queue
+		s.queue = nil
+		s.mu.Unlock()
+		buf = buf[:0]
+		for i := range q {
+			m := &q[i].m
+			m.Epoch = s.n.epoch()
+			var err error
+			buf, err = s.codec.Enc.AppendFrame(buf, m)
+			if err != nil {
+				s.n.log.Error("sync: encode", "msg", m.String(), "err", err)
+				s.c.Close()
+				return
+			}
+			if q[i].eff != nil {
+				s.mu.Lock()
+				s.effects = append(s.effects, effect{seq: m.Seq, fn: q[i].eff})
+				s.mu.Unlock()
+			}
+		}
+		if err := write(s.c, buf); err != nil {
+			s.c.Close()
+			return
+		}
+		s.n.stats.FramesOut.Add(uint64(len(q)))
+	}
+}
+
+func (n *Node) epoch() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.rm.Epoch()
+}
+
+func (s *session) readLoop() {
+	n := s.n
+	for {
+		if _, err := s.codec.Dec.Fill(s.c); err != nil {
+			if s.codec.Dec.Err() != nil {
+				n.stats.BadFrames.Add(1)
+				n.log.Warn("sync: rejected frame; dropping the connection", "err", s.codec.Dec.Err())
+			}
+			return
+		}
+		applied := uint64(0)
+		for {
+			m, ok, err := s.codec.Next()
+			if err != nil {
+				n.stats.BadFrames.Add(1)
+				n.log.Warn("sync: rejected frame; dropping the connection", "err", err)
+				return
+			}
+			if !ok {
+				break
+			}
+			n.stats.FramesIn.Add(1)
+			if err := s.handle(&m); err != nil {
+				n.log.Warn("sync: cannot apply message; dropping the connection", "msg", m.String(), "err", err)
+				return
+			}
+			if m.Type != MsgSyncAck && m.Type != MsgHeartbeat && m.Type != MsgHello {
+				applied = m.Seq
+			}
+		}
+		if applied != 0 {
+			s.send(Message{Type: MsgSyncAck, Applied: applied}, nil)
+		}
+		n.wake()
+	}
+}
+
+// handle applies one authenticated message from the peer.
+func (s *session) handle(m *Message) error {
+	n := s.n
+	now := time.Now()
+	if m.Type == MsgHello {
+		// A HELLO is MAC'd without session nonces, so an old one can be
+		// replayed: it says nothing about the peer now. Answer with a
+		// heartbeat (which proves us live to the peer) and wait for the
+		// peer's first frame under the session's nonces.
+		n.mu.Lock()
+		role := n.rm.Role()
+		n.mu.Unlock()
+		s.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Role: uint8(role), StartAsBackup: n.cfg.Backup}, nil)
+		return nil
+	}
+	if !s.codec.Live() {
+		return fmt.Errorf("%v before the peer proved itself live", m.Type)
+	}
+	n.mu.Lock()
+	if m.Type == MsgHeartbeat {
+		n.peerRole = Role(m.Role)
+		n.peerBackup = m.StartAsBackup
+	}
+	if n.sess != s {
+		n.sess = s
+		n.rm.PeerConnected(now)
+	}
+	if n.peerRole.Valid() {
+		n.rm.PeerMessage(now, PeerMsg{Epoch: m.Epoch, Role: n.peerRole, StartAsBackup: n.peerBackup, Ping: m.Ping, Pong: m.Pong})
+	}
+	role := n.rm.Role()
+	n.mu.Unlock()
+
+	switch m.Type {
+	case MsgSyncAck:
+		s.mu.Lock()
+		i := 0
+		for i < len(s.effects) && s.effects[i].seq <= m.Applied {
+			i++
+		}
+		done := s.effects[:i]
+		s.effects = s.effects[i:]
+		s.mu.Unlock()
+		for _, e := range done {
+			e.fn()
+		}
+	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
+		if role != RoleBackup {
+			return fmt.Errorf("replication message while %v", role)
+		}
+		return n.applyReplication(m)
+	}
+	return nil
+}

@@ -1,0 +1,156 @@
+package failover_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/zppratt/rfsis"
+	"github.com/zppratt/rfsis/config"
+	"github.com/zppratt/rfsis/failover"
+	"github.com/zppratt/rfsis/link/pipe"
+	"github.com/zppratt/rfsis/stack"
+)
+
+var (
+	svcAddr    = netip.MustParseAddr("10.77.3.1")
+	mainAddr   = netip.MustParseAddr("10.77.3.2")
+	backupAddr = netip.MustParseAddr("10.77.3.3")
+	clientAddr = netip.MustParseAddr("10.77.3.10")
+)
+
+func nodeConfig(backup bool) config.Config {
+	c := config.Default()
+	c.Backup = backup
+	c.IPv4Addr = svcAddr
+	c.MainAddr = mainAddr
+	c.BackupAddr = backupAddr
+	c.Port = 7
+	c.Netmask = netip.MustParseAddr("255.255.255.0")
+	c.HeartbeatTimer = 20 * time.Millisecond
+	c.HeartbeatMisses = 3
+	c.SyncKey = "a test key of sixteen bytes or more"
+	c.MACAddr = nil
+	return c
+}
+
+// echoApp is the application on both nodes; it publishes its node.
+func echoApp(nodes chan<- *rfsis.Node) rfsis.App {
+	return func(ctx context.Context, n *rfsis.Node) error {
+		l, err := n.Listen()
+		if err != nil {
+			return err
+		}
+		nodes <- n
+		return rfsis.Serve(ctx, l, func(c net.Conn) { io.Copy(c, c) })
+	}
+}
+
+func testLogger(t *testing.T, name string) *slog.Logger {
+	if os.Getenv("RFSIS_TEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
+}
+
+func TestFailoverKeepsConnections(t *testing.T) {
+	hub, devs := pipe.NewHub(3, 1500)
+	t.Cleanup(hub.Close)
+	ccfg := stack.Default()
+	ccfg.Addr = clientAddr
+	ccfg.Prefix = netip.MustParsePrefix("10.77.3.0/24")
+	ccfg.MAC = net.HardwareAddr{2, 0, 0, 0, 3, 10}
+	client, err := stack.New(devs[0], ccfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close() })
+
+	nodes := make(chan *rfsis.Node, 2)
+	mainCtx, killMain := context.WithCancel(context.Background())
+	backupCtx, stopBackup := context.WithCancel(context.Background())
+	mainDone, backupDone := make(chan error, 1), make(chan error, 1)
+	go func() {
+		mainDone <- rfsis.RunContext(mainCtx, nodeConfig(false), echoApp(nodes), rfsis.Options{Device: devs[1], Logger: testLogger(t, "main")})
+	}()
+	go func() {
+		backupDone <- rfsis.RunContext(backupCtx, nodeConfig(true), echoApp(nodes), rfsis.Options{Device: devs[2], Logger: testLogger(t, "backup")})
+	}()
+	t.Cleanup(func() {
+		killMain()
+		stopBackup()
+		<-mainDone
+		<-backupDone
+	})
+	var mainNode, backupNode *rfsis.Node
+	for range 2 {
+		n := <-nodes
+		if n.Config().Backup {
+			backupNode = n
+		} else {
+			mainNode = n
+		}
+	}
+	// The pair is up once the main is protected.
+	require.Eventually(t, func() bool {
+		r, _ := mainNode.Failover().Role()
+		return r == failover.RoleMain
+	}, 5*time.Second, 5*time.Millisecond, "main never saw its backup")
+
+	const conns, msgs = 6, 150
+	var echoed atomic.Int64
+	errs := make(chan error, conns)
+	for i := range conns {
+		go func() {
+			errs <- func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				c, err := client.DialTCP(ctx, clientAddr, netip.AddrPortFrom(svcAddr, 7))
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				for m := range msgs {
+					msg := []byte(fmt.Sprintf("conn %d message %d %s\n", i, m, bytes.Repeat([]byte{'y'}, m*5)))
+					if _, err := c.Write(msg); err != nil {
+						return fmt.Errorf("conn %d write %d: %w", i, m, err)
+					}
+					got := make([]byte, len(msg))
+					if _, err := io.ReadFull(c, got); err != nil {
+						return fmt.Errorf("conn %d read %d: %w", i, m, err)
+					}
+					if !bytes.Equal(got, msg) {
+						return fmt.Errorf("conn %d message %d: got %q", i, m, got)
+					}
+					echoed.Add(1)
+					time.Sleep(2 * time.Millisecond)
+				}
+				return nil
+			}()
+		}()
+	}
+	require.Eventually(t, func() bool { return echoed.Load() > conns*msgs/3 }, 20*time.Second, time.Millisecond)
+	// kill -9, as far as the LAN can tell: the main falls silent at once.
+	hub.Cut(1, true)
+	killMain()
+	atKill := echoed.Load()
+	for range conns {
+		require.NoError(t, <-errs)
+	}
+	require.Greater(t, echoed.Load(), atKill)
+	st := backupNode.Failover().Stats()
+	require.Equal(t, uint64(1), st.Takeovers.Load(), "the backup took over once")
+	require.GreaterOrEqual(t, st.StandbysAdopted.Load(), uint64(conns), "every connection was mirrored")
+	require.Zero(t, st.Diverged.Load())
+	r, _ := backupNode.Failover().Role()
+	require.True(t, r.Serving(), "the backup serves after the takeover, as %v", r)
+}

@@ -1,0 +1,828 @@
+package failover
+
+// The role machine: who serves, in which epoch, and when that changes.
+//
+// This file is sans-I/O in the style of etcd's raft: it reads no clock,
+// does no I/O and starts no goroutine. The driver (the code that owns the
+// sync connection) feeds it the time and what happened — Tick, PeerMessage,
+// PeerConnected, PeerDisconnected — then asks Ready what to do, does it,
+// and calls Advance. Everything below is therefore testable with scripted
+// times, and so it is (role_test.go).
+//
+// # Roles
+//
+//	Backup      keeps the standby copy; serves nothing.
+//	Joining     a node configured as main that has just started and does
+//	            not yet know whether its peer already serves. It holds all
+//	            client output. It becomes Main or Standalone (the peer is
+//	            a backup, or nobody answered for a window) or Backup (the
+//	            peer already serves: a fresh process has no connections to
+//	            lose, so it yields).
+//	Main        serves, with a live backup: replication gates apply.
+//	Standalone  serves without a backup: gates are open, it runs unprotected.
+//	StoodDown   a former server that learned another node serves in a
+//	            higher epoch. Terminal for the process (see below).
+//
+// Transitions:
+//
+//	Backup     -> Standalone  TakeOver: Misses intervals with no message from
+//	                          a serving peer; or the main it followed shows
+//	                          up as Joining (it restarted: its connections
+//	                          live only here). Epoch+1.
+//	Joining    -> Main        a fresh PONG from a peer that is a Backup
+//	Joining    -> Standalone  a fresh PONG from a StoodDown peer, or a
+//	                          window with nothing heard from the peer
+//	Joining    -> Backup      the peer serves (any message)
+//	Main       -> Standalone  Unprotected: Misses intervals without a message
+//	                          from the backup, or the peer says it is not a
+//	                          backup (it restarted, or it serves)
+//	Standalone -> Main        Protected: a message from a Backup peer
+//	Main, Standalone -> StoodDown  StandDown: the peer's epoch is higher, or
+//	                          equal and the tie-break goes to the peer
+//
+// A Joining start costs a lone main one detection window before it serves
+// (3 s with the defaults), like VRRP's Master_Down_Interval; with a peer
+// present it costs one round trip. In exchange a main restarted by a
+// supervisor while its former backup serves (or while that backup holds its
+// connections) never announces the service address over it, and the
+// operator restarts a node with its own, unchanged configuration: it
+// rejoins as backup by itself.
+//
+// StoodDown is terminal: the process's connection state is stale and some
+// of it may be half-sent, so it must not become a backup in place. The
+// driver logs, drops the service address, sends nothing more (the machine
+// emits no heartbeats either) and exits; the operator or a supervisor
+// restarts it with the same configuration and it comes back as a backup.
+//
+// # Epochs
+//
+// Every message carries the sender's epoch. Every takeover increments it.
+// Any node that hears a higher epoch adopts it; a node that serves and
+// hears a higher epoch stands down at once (doc.go, "Roles and epochs").
+// Two serving nodes with equal epochs are broken deterministically: the
+// node configured as main ("backup": false) keeps serving and the other
+// stands down. If both have the same "backup" setting, nothing
+// distinguishes them: both hold client output (never two client-visible
+// nodes) and Ready.ConfigError says why, until one goes silent for a
+// window. Any message whose sender has our "backup" setting reports that
+// ConfigError, once: the pair is misconfigured even when no tie arises
+// (both would have the same node address, too).
+//
+// # Heartbeats: PING and PONG
+//
+// Heartbeats are PINGs, each with an id (1, 2, 3 ... per process), and every
+// PING is answered at once with a PONG echoing its id. main_heartbeats only
+// decides who initiates: with it the serving node pings every Interval and
+// the backup answers; without it the backup pings and the main answers. So
+// both directions carry something at least once per Interval in both
+// configurations, and each side can detect the other's death. Any
+// authenticated message (HELLO, PING, PONG, replication data, SYNCACK)
+// counts as proof of life.
+//
+// Three exceptions to "only the initiator pings", all cheap: a node holding
+// its output (Joining, or suspecting after a pause) pings every Interval
+// itself, because it waits for a PONG; a node pings once when it takes over
+// (to announce the new epoch) and after a pause; and an answering node that
+// has heard nothing for more than an Interval pings on its own. The last
+// one keeps both sides alive if the two nodes disagree about
+// main_heartbeats (both would otherwise wait for the other, hear nothing,
+// and both fail over).
+//
+// Pings are emitted on a fixed grid (the connection time plus multiples of
+// Interval), not "Interval after the last one", so they do not drift.
+//
+// # Pauses (SIGSTOP, a stalled VM, a starved process)
+//
+// This is the subtle part. A main frozen by SIGSTOP does not know it was
+// frozen. When it wakes up, its timers fire, the stack has segments queued
+// from clients, and its socket buffers hold the peer's messages from before
+// the backup took over, still saying "Backup, epoch e". If any of that
+// turns into a frame to a client (an ARP reply for the service address, an
+// RST for a connection only the new main knows) before the peer's new epoch
+// is read, the stale main damages live connections. So:
+//
+//  1. The driver calls the machine at least every Interval/2 (NextDeadline
+//     never lies further ahead). An input more than one Interval after the
+//     previous one therefore reveals a pause: the process, or its host, did
+//     not run for that long.
+//  2. Time spent paused does not count as silence from the peer: every
+//     silence timer is moved forward by the pause (less the Interval/2 a
+//     running node may legitimately wait). The peer's messages are waiting
+//     in our buffers; we just could not read them. Without this a frozen
+//     backup would take over on wake-up from a live main, and a frozen main
+//     would drop its backup.
+//  3. If the pause was long enough that the peer may have declared us dead
+//     — the peer detects after a full window of silence, and it has heard
+//     nothing from us since our last heartbeat (or, if we were not
+//     connected, since the pause began), so the test is "that silence is
+//     at least window - Interval/2", the half interval covering the delay
+//     of our next message — a serving node *suspects*: HoldOutput is set,
+//     a PING goes out at once, and the hold ends only on the PONG to that
+//     PING (or a later one): a reply the peer wrote after it read our
+//     wake-up, so it states the peer's present role and epoch, not the
+//     stale ones in our buffers. Then the usual rules apply (stand down on
+//     a higher epoch, else resume). If the peer stays silent for a whole
+//     window after the pause, nobody else can be serving that we could
+//     hear, and the node resumes (as Standalone once its backup-loss timer
+//     runs out).
+//  4. After every pause a node pings at once, so that the peer learns it
+//     is alive within a network delay.
+//
+// For the hold to be complete the driver must call Tick with a fresh clock
+// reading before it releases client-visible output, and check HoldOutput
+// (the Ready from the previous call may predate the pause).
+//
+// The same reasoning is why a Joining node and a suspecting node resolve
+// only on a fresh PONG when the peer claims to be a backup: a backup that
+// followed the previous incarnation of this node takes over when it hears
+// "Joining", and the PONG is what carries that decision back.
+//
+// Limits: a pause the monotonic clock does not see (Linux's CLOCK_MONOTONIC
+// stops during host suspend) is invisible here; the epoch rule still makes
+// the stale node stand down when the first message of the new main
+// arrives. With heartbeat_misses below 3 the margin between a normal tick
+// and a pause that lets the peer take over is less than an interval, so a
+// small stall can go unnoticed; use 3 or more. A partition is not a pause:
+// both nodes run, neither hears the other, the backup takes over and the
+// main goes Standalone. With two nodes and no witness that split brain
+// cannot be avoided; when the partition heals the higher epoch wins.
+//
+// # Driver contract
+//
+//   - Pass times from one monotonic clock (time.Now()). A time earlier
+//     than a previous one is treated as that previous time.
+//   - Call Tick no later than NextDeadline.
+//   - Call PeerConnected when a sync session is established (HELLOs
+//     exchanged; the HELLO counts as a message sent) and PeerDisconnected
+//     when it ends. Pass messages of the current session only.
+//   - PeerMessage gets the sender's epoch (frame header), role and "backup"
+//     setting (as last stated in its HELLO, PING or PONG), and the PING id
+//     or PONG echo when the frame is one. PING and PONG bodies therefore
+//     carry the id and the sender's role; HELLO carries role and "backup".
+//   - Ready after every input; send Ready.Ping and Ready.Pong at once with
+//     the current role and epoch (Ready.Role, Ready.Epoch); carry out the
+//     actions; then Advance. Ready.Role, Ready.Epoch and Ready.HoldOutput
+//     are the state to apply; the flags are one-time actions.
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/zppratt/rfsis/config"
+)
+
+// Role is what a node does for the service. The zero value is invalid, so
+// that a missing role in a decoded message is noticed.
+type Role uint8
+
+// The roles. The numeric values may appear on the wire; do not renumber.
+const (
+	// RoleBackup keeps the standby copy of every connection and serves
+	// nothing.
+	RoleBackup Role = iota + 1
+	// RoleJoining is a node configured as main that has just started:
+	// it holds client output until it learns whether its peer serves.
+	RoleJoining
+	// RoleMain serves clients and replicates to a live backup.
+	RoleMain
+	// RoleStandalone serves clients without a backup (unprotected).
+	RoleStandalone
+	// RoleStoodDown is a former server that learned it lost the role. It
+	// serves nothing and sends nothing; the process should exit.
+	RoleStoodDown
+)
+
+var roleNames = [...]string{
+	RoleBackup:     "backup",
+	RoleJoining:    "joining",
+	RoleMain:       "main",
+	RoleStandalone: "standalone",
+	RoleStoodDown:  "stood-down",
+}
+
+func (r Role) String() string {
+	if r.Valid() {
+		return roleNames[r]
+	}
+	return fmt.Sprintf("Role(%d)", uint8(r))
+}
+
+// Valid reports whether r is one of the defined roles.
+func (r Role) Valid() bool { return r >= RoleBackup && r <= RoleStoodDown }
+
+// Serving reports whether the role owns the service address (Main or
+// Standalone). A serving node may still hold its output; see
+// RoleMachine.HoldOutput.
+func (r Role) Serving() bool { return r == RoleMain || r == RoleStandalone }
+
+// RoleConfig is the part of the configuration the role machine needs.
+type RoleConfig struct {
+	// StartAsBackup is config "backup": the node starts as RoleBackup;
+	// otherwise it starts as RoleJoining. It also breaks ties (see the
+	// file comment, "Epochs").
+	StartAsBackup bool
+	// MainHeartbeats is config "main_heartbeats": the serving node pings
+	// and the backup answers; otherwise the backup pings.
+	MainHeartbeats bool
+	// Interval is config "heartbeat_timer"; must be > 0.
+	Interval time.Duration
+	// Misses is config "heartbeat_misses"; must be >= 1. The detection
+	// window is Misses*Interval.
+	Misses int
+}
+
+// NewRoleConfig takes the role machine's settings from a node's validated
+// configuration.
+func NewRoleConfig(c config.Config) RoleConfig {
+	return RoleConfig{
+		StartAsBackup:  c.Backup,
+		MainHeartbeats: c.MainHeartbeats,
+		Interval:       c.HeartbeatTimer,
+		Misses:         c.HeartbeatMisses,
+	}
+}
+
+// Window is the detection window, Misses*Interval: how long a node waits
+// without hearing its peer before acting on it.
+func (c RoleConfig) Window() time.Duration { return c.Interval * time.Duration(c.Misses) }
+
+// PeerMsg is what the role machine needs from one authenticated message
+// received from the peer.
+type PeerMsg struct {
+	// Epoch is the sender's epoch (every frame header has it).
+	Epoch uint64
+	// Role is the sender's role. Messages with an invalid role are
+	// ignored: the decoder should have rejected them.
+	Role Role
+	// StartAsBackup is the sender's config "backup".
+	StartAsBackup bool
+	// Ping is the id of the PING this message is (0: not a PING). The
+	// machine answers it with Ready.Pong.
+	Ping uint64
+	// Pong is the id of our PING this message answers (0: not a PONG).
+	Pong uint64
+}
+
+// Ready is what the driver must do after an input. The action fields are
+// each reported once (until Advance); the state fields are always set.
+type Ready struct {
+	// Ping, when not 0, asks the driver to send a PING with this id.
+	Ping uint64
+	// Pong, when not 0, asks the driver to send a PONG echoing this id
+	// (the latest PING received; it answers the earlier ones too).
+	Pong uint64
+
+	// TakeOver: this backup now serves. Claim the service address, send
+	// gratuitous ARPs, turn the standby connections live (doc.go,
+	// "Takeover"). The role is Standalone until a backup joins.
+	TakeOver bool
+	// StandDown: another node serves in a higher epoch (or won a tie).
+	// Send nothing more to anyone, drop the service address, log, exit.
+	StandDown bool
+	// Unprotected: the role went from Main to Standalone since the last
+	// Ready; the backup is gone and the replication gates must open.
+	Unprotected bool
+	// Protected: the role became Main since the last Ready (a backup
+	// joined or came back): replicate to it (a returning backup needs the
+	// whole state again).
+	Protected bool
+	// ConfigError, when not nil, reports that the peer is configured
+	// with the same "backup" setting. It wraps ErrSameBackupSetting.
+	ConfigError error
+
+	// Role is the current role.
+	Role Role
+	// Epoch is the current epoch; every frame sent carries it.
+	Epoch uint64
+	// HoldOutput: nothing client-visible may leave this node: no frame
+	// from the service address, no ARP answer for it, no RST. True for
+	// every role except a Main or Standalone that is not holding.
+	HoldOutput bool
+}
+
+// ErrSameBackupSetting is wrapped by Ready.ConfigError.
+var ErrSameBackupSetting = errors.New(`failover: both nodes have the same "backup" setting`)
+
+// actions are the pending one-time outputs.
+type actions struct {
+	ping, pong          uint64
+	takeOver, standDown bool
+	configErr           error
+}
+
+func (a actions) empty() bool { return a == actions{} }
+
+// state is the part of Ready the driver applies as levels.
+type state struct {
+	role       Role
+	epoch      uint64
+	holdOutput bool
+}
+
+// RoleMachine decides the node's role from heartbeats and time. It is not
+// safe for concurrent use; the driver serialises calls.
+type RoleMachine struct {
+	cfg      RoleConfig
+	window   time.Duration // Misses*Interval
+	detect   time.Duration // window + Interval/2: silence that means death
+	interval time.Duration
+	pauseGap time.Duration // a longer gap between inputs is a pause
+	watch    time.Duration // NextDeadline is at most this after an input
+
+	role  Role
+	epoch uint64
+
+	now       time.Time // the latest input time
+	connected bool
+	lastSent  time.Time // last PING, PONG or HELLO emitted while connected
+	lastHeard time.Time // last message from the peer; zero if none
+
+	// Silence timers. mainSeen: on a backup, the last message from a
+	// serving peer (or when watching began). backupSeen: on a Main, the
+	// last message from a Backup peer.
+	mainSeen   time.Time
+	backupSeen time.Time
+	sawMain    bool // this backup has heard a serving peer
+
+	// Holds on a serving node (a Joining node always holds).
+	suspect   bool      // after a pause: waiting for a fresh PONG
+	conflict  bool      // an unbreakable equal-epoch tie with the peer
+	holdSince time.Time // when the current hold began
+	holdPing  uint64    // a PONG echoing at least this id is fresh
+
+	pingSeq  uint64
+	pingAt   time.Time // when the pending PING was issued
+	nextBeat time.Time
+
+	pend      actions
+	given     Ready // what the last Ready returned
+	haveGiven bool
+	base      state // the state as of the last Advance
+	cfgErrSet bool  // ConfigError already reported
+}
+
+// NewRoleMachine returns a machine starting at now as RoleBackup (with
+// cfg.StartAsBackup) or RoleJoining, epoch 0. It panics if Interval or
+// Misses is out of range (config.Validate rules those out).
+func NewRoleMachine(cfg RoleConfig, now time.Time) *RoleMachine {
+	if cfg.Interval <= 0 || cfg.Misses < 1 {
+		panic(fmt.Sprintf("failover: invalid RoleConfig: Interval %v, Misses %d", cfg.Interval, cfg.Misses))
+	}
+	m := &RoleMachine{
+		cfg:      cfg,
+		window:   cfg.Window(),
+		detect:   cfg.Window() + cfg.Interval/2,
+		// A pause of G leaves the peer up to G + Interval without news
+		// from us (we send at least once per Interval), and it declares
+		// us dead after detect: pauses from detect - Interval = window -
+		// Interval/2 on are dangerous. Half that is noticed, one Interval
+		// at most; the driver ticks twice as often, so a late tick is not
+		// taken for a pause. With the default 3 misses: pauses over one
+		// Interval, ticks every half; with 1 miss: a quarter and an
+		// eighth.
+		pauseGap: min(cfg.Interval, (cfg.Window()-cfg.Interval/2)/2),
+		interval: cfg.Interval,
+		now:      now,
+		nextBeat: now.Add(cfg.Interval),
+	}
+	m.watch = max(m.pauseGap/2, 1)
+	if cfg.StartAsBackup {
+		m.role = RoleBackup
+		m.mainSeen = now
+	} else {
+		m.role = RoleJoining
+		m.holdSince = now
+		m.holdPing = 1 // the first PING this process sends
+	}
+	return m
+}
+
+// Role returns the current role.
+func (m *RoleMachine) Role() Role { return m.role }
+
+// Epoch returns the current epoch.
+func (m *RoleMachine) Epoch() uint64 { return m.epoch }
+
+// PeerUp reports whether a message from the peer arrived within the last
+// detection window (as of the latest input).
+func (m *RoleMachine) PeerUp() bool {
+	return !m.lastHeard.IsZero() && m.now.Sub(m.lastHeard) < m.window
+}
+
+// HoldOutput reports whether client-visible output is forbidden now (see
+// Ready.HoldOutput). Call Tick with a fresh time first.
+func (m *RoleMachine) HoldOutput() bool {
+	return !m.role.Serving() || m.suspect || m.conflict
+}
+
+// holding reports whether the node waits to learn whether it may serve.
+func (m *RoleMachine) holding() bool {
+	return m.role == RoleJoining || m.suspect || m.conflict
+}
+
+// --- Inputs ---
+
+// Tick tells the machine that time has passed. Call it no later than
+// NextDeadline, and right before releasing client-visible output.
+func (m *RoleMachine) Tick(now time.Time) {
+	now = m.observe(now)
+	if m.role == RoleStoodDown {
+		return
+	}
+	switch m.role {
+	case RoleBackup:
+		if !now.Before(m.takeOverAt()) {
+			m.takeOver()
+		}
+	case RoleMain:
+		if !now.Before(m.backupSeen.Add(m.detect)) {
+			m.role = RoleStandalone
+		}
+	}
+	if m.holding() && !now.Before(m.holdEnd()) {
+		// A whole window without a word from the peer: nobody we could
+		// hear serves. A Joining node starts alone; a suspecting or
+		// conflicted one resumes.
+		if m.role == RoleJoining {
+			m.role = RoleStandalone
+		}
+		m.suspect, m.conflict = false, false
+	}
+	if !now.Before(m.nextBeat) {
+		if m.beats(now) {
+			m.ping()
+		}
+		// Stay on the grid; skip beats a late tick missed rather than
+		// sending a burst.
+		m.nextBeat = m.nextBeat.Add(m.interval * (now.Sub(m.nextBeat)/m.interval + 1))
+	}
+}
+
+// PeerConnected reports that a sync session with the peer is established.
+func (m *RoleMachine) PeerConnected(now time.Time) {
+	now = m.observe(now)
+	if m.role == RoleStoodDown {
+		return
+	}
+	m.connected = true
+	m.lastSent = now  // our HELLO
+	m.lastHeard = now // and the peer's
+	// A PONG still pending answers a PING of the previous session, maybe
+	// of a previous process of the peer whose PING ids the new one reuses:
+	// sent now, it would pass for the answer to the new process's PING.
+	m.pend.pong = 0
+	// Start the grid at the session, and ping at once if we initiate or
+	// wait for an answer.
+	m.nextBeat = now.Add(m.interval)
+	if m.holding() || m.initiates() {
+		m.ping()
+	}
+}
+
+// PeerDisconnected reports that the sync session ended. It is not taken
+// as a sign of death (a corrupt frame also drops the session); silence is.
+func (m *RoleMachine) PeerDisconnected(now time.Time) {
+	m.observe(now)
+	m.connected = false
+	m.pend.ping, m.pend.pong = 0, 0 // nowhere to send them
+}
+
+// PeerMessage reports an authenticated message from the peer.
+func (m *RoleMachine) PeerMessage(now time.Time, msg PeerMsg) {
+	now = m.observe(now)
+	if m.role == RoleStoodDown || !msg.Role.Valid() {
+		return
+	}
+	m.connected = true // it came over a session
+	m.lastHeard = now
+	if msg.StartAsBackup == m.cfg.StartAsBackup && !m.cfgErrSet {
+		m.cfgErrSet = true
+		m.pend.configErr = fmt.Errorf("%w (%t): one node must be the backup, the other the main",
+			ErrSameBackupSetting, m.cfg.StartAsBackup)
+	}
+	if msg.Ping != 0 {
+		m.pend.pong = max(m.pend.pong, msg.Ping)
+		m.lastSent = now
+	}
+	fresh := msg.Pong != 0 && msg.Pong >= m.holdPing
+
+	if msg.Epoch > m.epoch {
+		m.epoch = msg.Epoch
+		// Another server in a later epoch: we are the stale one. (A
+		// non-serving peer with a higher epoch learned it from an earlier
+		// incarnation of this node — epochs start only at takeovers, and
+		// there are two nodes — so this process, which forgot it on
+		// restart, simply adopts it.)
+		if m.role.Serving() && msg.Role.Serving() {
+			m.standDown()
+			return
+		}
+	}
+	switch m.role {
+	case RoleBackup:
+		switch {
+		case msg.Role.Serving() && msg.Epoch == m.epoch:
+			m.sawMain = true
+			m.mainSeen = now
+		case msg.Role == RoleBackup && !(msg.StartAsBackup && !m.cfg.StartAsBackup):
+			// Two backups and no main (say this node restarted while the
+			// other followed a main that has since died): the node
+			// configured as main takes over, by its own timer, and this
+			// one waits for it rather than race it into an epoch tie. If
+			// both have the same setting (ConfigError), neither does
+			// while the other is alive.
+			m.mainSeen = now
+		case msg.Role == RoleJoining && m.sawMain && !m.suspect:
+			// The main we followed is a new process: its connections
+			// exist only here.
+			m.takeOver()
+			return
+		case msg.Role == RoleJoining:
+			// We let it start (our PONG will say Backup): whatever we
+			// held from an earlier main is forfeit, and a later
+			// "Joining" must not make us take over behind its back. A
+			// suspecting backup lands here too: the "Joining" may have
+			// waited in our buffers while that node started alone. And
+			// give it time to start and be heard before any timer of
+			// ours makes us serve over it.
+			m.sawMain = false
+			m.mainSeen = now
+		}
+		// A serving peer with a lower epoch is stale and will stand down
+		// when it hears us; it proves no main alive.
+		if m.suspect && fresh {
+			m.suspect = false
+		}
+	case RoleJoining:
+		switch {
+		case msg.Role.Serving() && msg.Epoch == m.epoch:
+			// Whoever already serves keeps serving: we have nothing to
+			// lose.
+			m.role = RoleBackup
+			m.sawMain = true
+			m.mainSeen = now
+		case fresh && msg.Role == RoleBackup:
+			m.role = RoleMain
+			m.backupSeen = now
+		case fresh && msg.Role == RoleStoodDown:
+			m.role = RoleStandalone
+		}
+		// Otherwise keep holding: a Backup that has not answered our
+		// PING may still take over; a Joining peer is configured as main
+		// too (ConfigError).
+	case RoleMain, RoleStandalone:
+		if m.servingHears(now, msg) {
+			return
+		}
+		if m.suspect && fresh {
+			m.suspect = false
+		}
+	}
+}
+
+// servingHears applies a message with an epoch not above ours to a
+// serving node. It reports whether the node stood down.
+func (m *RoleMachine) servingHears(now time.Time, msg PeerMsg) bool {
+	switch {
+	case msg.Role == RoleBackup:
+		m.backupSeen = now
+		m.role = RoleMain
+		m.conflict = false
+	case msg.Role.Serving() && msg.Epoch == m.epoch:
+		switch {
+		case msg.StartAsBackup == m.cfg.StartAsBackup:
+			// Nothing tells the two apart: neither may be visible.
+			if !m.conflict {
+				m.conflict = true
+				m.holdSince = now
+			}
+		case m.cfg.StartAsBackup:
+			m.standDown()
+			return true
+		default:
+			m.conflict = false // we are the configured main: we stay
+		}
+		m.unprotect()
+	default:
+		// Joining (our backup restarted), StoodDown, or a stale server
+		// with a lower epoch: in any case not our backup.
+		m.conflict = false
+		m.unprotect()
+	}
+	return false
+}
+
+// observe records now and handles a pause (see the file comment, "Pauses").
+// It returns now, or the previous input time if now is earlier.
+func (m *RoleMachine) observe(now time.Time) time.Time {
+	if now.Before(m.now) {
+		now = m.now
+	}
+	gap := now.Sub(m.now)
+	m.now = now
+	if m.role == RoleStoodDown || gap <= m.pauseGap {
+		return now
+	}
+	// Only what a running node may wait between calls counts as silence.
+	shift := gap - m.watch
+	for _, t := range [...]*time.Time{&m.mainSeen, &m.backupSeen, &m.holdSince, &m.lastHeard} {
+		if !t.IsZero() {
+			*t = t.Add(shift)
+		}
+	}
+	// How long the peer may have gone without hearing from us. When not
+	// connected, what came before the pause is a partition, not the
+	// pause's doing.
+	silent := gap
+	if m.connected {
+		silent = now.Sub(m.lastSent)
+	}
+	if silent >= m.window-m.interval/2 {
+		// The peer may have acted on our silence, and what waits in our
+		// buffers predates that: act on nothing irreversible until the
+		// answer to the PING below. A serving node holds its output; a
+		// backup does not take over on a "Joining" it may have read late
+		// (the peer may have started alone since); a Joining node wants
+		// a newer answer.
+		if m.role != RoleJoining {
+			m.suspect = true
+		}
+		m.holdSince = now
+		m.holdPing = m.pingSeq + 1
+	}
+	m.ping() // tell the peer we are back
+	return now
+}
+
+// --- Outputs ---
+
+// NextDeadline returns when Tick must be called next, at the latest; zero
+// once the node has stood down. It is never more than Interval/2 after the
+// latest input, which is what lets a pause show (see "Pauses").
+func (m *RoleMachine) NextDeadline() time.Time {
+	if m.role == RoleStoodDown {
+		return time.Time{}
+	}
+	d := m.now.Add(m.watch)
+	earliest := func(t time.Time) {
+		if t.Before(d) {
+			d = t
+		}
+	}
+	earliest(m.nextBeat)
+	switch m.role {
+	case RoleBackup:
+		earliest(m.takeOverAt())
+	case RoleMain:
+		earliest(m.backupSeen.Add(m.detect))
+	}
+	if m.holding() {
+		earliest(m.holdEnd())
+	}
+	if d.Before(m.now) {
+		d = m.now // already due
+	}
+	return d
+}
+
+// HasReady reports whether Ready has anything new since the last Advance.
+func (m *RoleMachine) HasReady() bool {
+	return !m.pend.empty() || m.state() != m.base
+}
+
+// Ready returns what to do now. It does not change the machine; Advance
+// acknowledges it.
+func (m *RoleMachine) Ready() Ready {
+	s := m.state()
+	rd := Ready{
+		Ping:        m.pend.ping,
+		Pong:        m.pend.pong,
+		TakeOver:    m.pend.takeOver,
+		StandDown:   m.pend.standDown,
+		ConfigError: m.pend.configErr,
+		// Protection changes are reported against what the driver last
+		// saw, so Main->Standalone->Main between two Readys is nothing
+		// to do for the gates.
+		Protected:   s.role == RoleMain && m.base.role != RoleMain,
+		Unprotected: s.role == RoleStandalone && m.base.role == RoleMain,
+		Role:        s.role,
+		Epoch:       s.epoch,
+		HoldOutput:  s.holdOutput,
+	}
+	m.given, m.haveGiven = rd, true
+	return rd
+}
+
+// Advance acknowledges the last Ready: its actions are done and its state
+// applied. Actions that arose after that Ready stay pending.
+func (m *RoleMachine) Advance() {
+	if !m.haveGiven {
+		return
+	}
+	g := m.given
+	if g.Ping != 0 && m.pend.ping == g.Ping {
+		m.pend.ping = 0
+	}
+	if g.Pong != 0 && m.pend.pong == g.Pong {
+		m.pend.pong = 0
+	}
+	if g.TakeOver {
+		m.pend.takeOver = false
+	}
+	if g.StandDown {
+		m.pend.standDown = false
+	}
+	if g.ConfigError != nil {
+		m.pend.configErr = nil
+	}
+	m.base = state{g.Role, g.Epoch, g.HoldOutput}
+	m.haveGiven = false
+}
+
+// --- Internals ---
+
+func (m *RoleMachine) state() state {
+	return state{m.role, m.epoch, m.HoldOutput()}
+}
+
+// initiates reports whether this node sends the periodic PING.
+func (m *RoleMachine) initiates() bool {
+	if m.cfg.MainHeartbeats {
+		return m.role.Serving()
+	}
+	return m.role == RoleBackup
+}
+
+// beats reports whether to ping at a grid point.
+func (m *RoleMachine) beats(now time.Time) bool {
+	return m.holding() || m.initiates() ||
+		m.lastHeard.IsZero() || now.Sub(m.lastHeard) > m.interval
+}
+
+func (m *RoleMachine) ping() {
+	if !m.connected || m.role == RoleStoodDown {
+		return
+	}
+	if m.pend.ping >= max(m.holdPing, 1) && m.pingAt.Equal(m.now) {
+		return // one PING per instant is enough
+	}
+	m.pingAt = m.now
+	m.pingSeq++
+	m.pend.ping = m.pingSeq
+	m.lastSent = m.now
+}
+
+// takeOverAt is when a backup takes over if nothing changes. A backup that
+// has never heard a serving peer waits two windows: at a cold start the
+// node configured as main, which waits one, gets there first. A backup
+// that suspects (after a pause) first listens for a window: its peer may
+// have started serving alone while it was paused, and its messages are
+// still to be read.
+func (m *RoleMachine) takeOverAt() time.Time {
+	t := m.mainSeen.Add(m.detect)
+	if !m.sawMain {
+		t = m.mainSeen.Add(2 * m.window)
+	}
+	if m.suspect {
+		if h := m.holdEnd(); h.After(t) {
+			t = h
+		}
+	}
+	return t
+}
+
+// holdEnd is when a hold ends for want of any word from the peer.
+func (m *RoleMachine) holdEnd() time.Time {
+	t := m.holdSince
+	if m.lastHeard.After(t) {
+		t = m.lastHeard
+	}
+	return t.Add(m.window)
+}
+
+func (m *RoleMachine) takeOver() {
+	m.epoch++
+	m.role = RoleStandalone
+	m.suspect = false
+	m.pend.takeOver = true
+	m.ping() // announce the new epoch
+}
+
+func (m *RoleMachine) unprotect() {
+	if m.role == RoleMain {
+		m.role = RoleStandalone
+	}
+}
+
+func (m *RoleMachine) standDown() {
+	m.role = RoleStoodDown
+	m.suspect, m.conflict = false, false
+	m.pend.standDown = true
+	m.pend.ping, m.pend.pong = 0, 0 // a stood-down node sends nothing
+	if m.pend.takeOver && !(m.haveGiven && m.given.TakeOver) {
+		// Taken over and lost again before the driver heard of it:
+		// there is nothing to claim.
+		m.pend.takeOver = false
+	}
+}
