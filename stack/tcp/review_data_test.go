@@ -169,10 +169,9 @@ func TestReview_WireWindowEdgeNeverMovesLeft(t *testing.T) {
 // ACKing. Here every RTO counts as a retry and, after MaxRetries, the
 // live connection ends with ErrTimeout.
 func TestReview_ShrunkZeroWindowDoesNotTimeOut(t *testing.T) {
-	now := time.Unix(1000, 0)
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	cl := s.c[0]
-	now = s.now
+	now := s.now
 	_, err := cl.Write(randomBytes(44, 3000))
 	require.NoError(t, err)
 	out := collect(cl, now)
