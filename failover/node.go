@@ -27,6 +27,10 @@ import (
 // restarted, when it comes back as a backup).
 var ErrStoodDown = errors.New("failover: stood down: the other node serves")
 
+// PlaceholderKey is the sync_key of the shipped example configurations:
+// a node using it warns at start.
+const PlaceholderKey = "change-this-shared-secret"
+
 // Node is one node of a failover pair.
 type Node struct {
 	cfg  config.Config
@@ -78,6 +82,9 @@ func NewNode(cfg config.Config, st *stack.Stack, log *slog.Logger, now time.Time
 		listeners: make(map[uint16]*stack.Listener),
 		mains:     make(map[tcp.FourTuple]*mainConn),
 		standbys:  make(map[tcp.FourTuple]*backupConn),
+	}
+	if cfg.SyncKey == PlaceholderKey {
+		log.Warn("sync_key is the placeholder shipped in conf/: anyone can forge sync messages; set your own secret on both nodes")
 	}
 	if cfg.Insecure && cfg.SyncKey == "" {
 		log.Warn("sync channel is not authenticated: insecure is set and sync_key is empty")
