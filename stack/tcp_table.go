@@ -81,12 +81,14 @@ func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte, trusted bool) {
 		return
 	}
 	id := tcp.FourTuple{LocalAddr: dst, LocalPort: seg.DstPort, RemoteAddr: src, RemotePort: seg.SrcPort}
-	now := time.Now()
 	t.mu.Lock()
 	ep := t.conns[id]
 	t.mu.Unlock()
 	if ep != nil {
 		ep.mu.Lock()
+		// The clock is read under the lock: every call into a connection
+		// then sees time move forward, and so do its timestamps.
+		now := time.Now()
 		ep.c.Handle(now, &seg)
 		ep.afterLocked(now)
 		ep.mu.Unlock()
@@ -94,7 +96,7 @@ func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte, trusted bool) {
 	}
 	if seg.Flags&(tcp.FlagSYN|tcp.FlagACK|tcp.FlagRST) == tcp.FlagSYN && seg.Flags&tcp.FlagFIN == 0 {
 		if l := t.listenerFor(dst, seg.DstPort); l != nil {
-			t.passiveOpen(l, id, &seg, now)
+			t.passiveOpen(l, id, &seg, time.Now())
 			return
 		}
 	}

@@ -719,8 +719,11 @@ func (c *Conn) processAck(now time.Time, seg *Segment) {
 			c.persistBackoff = 0
 		}
 	}
+	newlySACKed := false
 	if c.sackOK && seg.NumSACK > 0 {
+		before := c.sackedBytes()
 		c.updateScoreboard(seg)
+		newlySACKed = c.sackedBytes() > before
 	}
 
 	if ack.Greater(c.sndUna) {
@@ -761,8 +764,11 @@ func (c *Conn) processAck(now time.Time, seg *Segment) {
 	}
 	// A duplicate ACK (RFC 5681 section 2): nothing new, no data, no
 	// window change, data outstanding.
+	// With SACK, only an ACK that SACKs new data counts (RFC 6675 section
+	// 2): a D-SACK for a duplicate we sent is no news of a loss, and
+	// counting it feeds a storm of spurious retransmissions.
 	if ack == c.sndUna && len(seg.Payload) == 0 && seg.Flags&(FlagSYN|FlagFIN) == 0 &&
-		!windowChanged && c.sndNxt != c.sndUna {
+		!windowChanged && c.sndNxt != c.sndUna && (!c.sackOK || seg.NumSACK == 0 || newlySACKed) {
 		c.onDupAck()
 	}
 }

@@ -31,7 +31,12 @@ func (c *Conn) RTO() time.Duration { return c.rto }
 // tsNow is our timestamp clock: milliseconds since the connection began,
 // plus an offset.
 func (c *Conn) tsNow(now time.Time) uint32 {
-	return uint32(now.Sub(c.tsEpoch)/time.Millisecond) + c.tsOffset
+	v := uint32(now.Sub(c.tsEpoch)/time.Millisecond) + c.tsOffset
+	if c.tsLast != 0 && int32(v-c.tsLast) < 0 {
+		// Never backwards: the peer's PAWS check drops such segments.
+		v = c.tsLast
+	}
+	return v
 }
 
 // --- Congestion control (RFC 5681, 3465, 6582) and SACK recovery ---

@@ -81,7 +81,7 @@ func TestSnapshotValidateRejectsInconsistentState(t *testing.T) {
 		"read after nxt": func(s *Snapshot) { s.RcvRead = s.RcvNxt + 1 },
 		"missing bytes":  func(s *Snapshot) { s.RcvNxt += 100 },
 		"bad shift":      func(s *Snapshot) { s.SndShift = 15 },
-		"oversized send": func(s *Snapshot) { s.SendData = make([]byte, 2<<20) },
+		"oversized send": func(s *Snapshot) { s.SendData = make([]byte, s.Config.SendBufferSize+1) },
 		"bad ooo":        func(s *Snapshot) { s.OutOfOrder = []SeqRange{{s.RcvNxt + 10, s.RcvNxt + 5}} },
 		"tiny mss":       func(s *Snapshot) { s.SendMSS = 1 },
 		"zero rto":       func(s *Snapshot) { s.RTO = 0 },
