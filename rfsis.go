@@ -39,6 +39,7 @@ import (
 	"github.com/zppratt/rfsis/link"
 	"github.com/zppratt/rfsis/link/tap"
 	"github.com/zppratt/rfsis/stack"
+	"github.com/zppratt/rfsis/status"
 )
 
 // App is an application: it runs until it returns or ctx is cancelled
@@ -135,6 +136,18 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 		return err
 	}
 	log.Info("stack up", "device", dev.Name(), "own", own, "service", cfg.IPv4Addr, "mac", st.MAC().String(), "port", cfg.Port, "role", role)
+	if cfg.StatusAddr != "" {
+		srv, err := status.NewServer(cfg.StatusAddr, statusSource(st, fn, time.Now()), log)
+		if err != nil {
+			return err
+		}
+		addr, err := srv.Start()
+		if err != nil {
+			return fmt.Errorf("rfsis: status_addr: %w", err)
+		}
+		defer srv.Close()
+		log.Info("status endpoint up", "addr", addr.String())
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ferr := make(chan error, 1)
@@ -233,4 +246,29 @@ func Serve(ctx context.Context, l net.Listener, handle func(net.Conn)) error {
 	mu.Unlock()
 	wg.Wait()
 	return err
+}
+
+// statusSource reports the node for the status endpoint.
+func statusSource(st *stack.Stack, fn *failover.Node, start time.Time) status.Source {
+	return status.SourceFunc(func() status.Report {
+		role, epoch := fn.Role()
+		ss, ts, fs := st.Stats(), st.TCPStats(), fn.Stats()
+		peer := "down"
+		if fn.PeerUp() {
+			peer = "up"
+		}
+		return status.Report{
+			Role: role.String(), Epoch: epoch, Peer: peer,
+			Connections: ts.CurrentConnections, ProtectedConnections: uint64(fn.ProtectedConns()),
+			ReplicationLag: fn.ReplicationLag().Seconds(),
+			Takeovers:      fs.Takeovers.Load(), StandDowns: fs.StandDowns.Load(),
+			SyncFramesIn: fs.FramesIn.Load(), SyncFramesOut: fs.FramesOut.Load(), SyncFramesBad: fs.BadFrames.Load(),
+			StandbysAdopted: fs.StandbysAdopted.Load(), Diverged: fs.Diverged.Load(),
+			FramesIn: ss.FramesIn, FramesOut: ss.FramesOut,
+			Drops: ss.DropShortFrame + ss.DropOtherMAC + ss.DropEtherType + ss.IPv4Malformed + ss.IPv4BadChecksum +
+				ss.IPv4NotOurs + ss.IPv4Fragments + ss.IPv4UnknownProto + ts.BadChecksum + ts.Malformed,
+			TCPSegmentsIn: ts.SegmentsIn, TCPSegmentsOut: ts.SegmentsOut, ResetsSent: ts.ResetsSent,
+			SYNBacklogDrops: ts.SYNBacklogDrops, Uptime: time.Since(start).Seconds(),
+		}
+	})
 }

@@ -117,6 +117,30 @@ func (n *Node) Serves(l *stack.Listener) {
 	n.mu.Unlock()
 }
 
+// PeerUp reports whether a sync session with the peer is live.
+func (n *Node) PeerUp() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sess != nil
+}
+
+// ReplicationLag is how long the oldest update shipped to the backup has
+// waited for its acknowledgement (0 when none waits).
+func (n *Node) ReplicationLag() time.Duration {
+	n.mu.Lock()
+	s := n.sess
+	n.mu.Unlock()
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.effects) == 0 {
+		return 0
+	}
+	return time.Since(s.effects[0].at)
+}
+
 // ProtectedConns counts the connections a live backup holds.
 func (n *Node) ProtectedConns() int {
 	n.mu.Lock()
@@ -369,6 +393,7 @@ type outMsg struct {
 
 type effect struct {
 	seq uint64
+	at  time.Time // when it was sent: the replication lag's start
 	fn  func()
 }
 
@@ -452,7 +477,7 @@ func (s *session) writeLoop() {
 			}
 			if q[i].eff != nil {
 				s.mu.Lock()
-				s.effects = append(s.effects, effect{seq: m.Seq, fn: q[i].eff})
+				s.effects = append(s.effects, effect{seq: m.Seq, at: time.Now(), fn: q[i].eff})
 				s.mu.Unlock()
 			}
 		}
