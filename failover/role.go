@@ -7,7 +7,11 @@ package failover
 // sync connection) feeds it the time and what happened — Tick, PeerMessage,
 // PeerConnected, PeerDisconnected — then asks Ready what to do, does it,
 // and calls Advance. Everything below is therefore testable with scripted
-// times, and so it is (role_test.go).
+// times, and so it is (role_test.go), down to a simulation of two machines
+// under random pauses, crashes and restarts.
+//
+// W below is the detection window, heartbeat_misses x heartbeat_timer, and
+// I the interval, heartbeat_timer.
 //
 // # Roles
 //
@@ -15,8 +19,8 @@ package failover
 //	Joining     a node configured as main that has just started and does
 //	            not yet know whether its peer already serves. It holds all
 //	            client output. It becomes Main or Standalone (the peer is
-//	            a backup, or nobody answered for a window) or Backup (the
-//	            peer already serves: a fresh process has no connections to
+//	            a backup, or nobody answered for W) or Backup (the peer
+//	            already serves: a fresh process has no connections to
 //	            lose, so it yields).
 //	Main        serves, with a live backup: replication gates apply.
 //	Standalone  serves without a backup: gates are open, it runs unprotected.
@@ -25,28 +29,43 @@ package failover
 //
 // Transitions:
 //
-//	Backup     -> Standalone  TakeOver: Misses intervals with no message from
-//	                          a serving peer; or the main it followed shows
-//	                          up as Joining (it restarted: its connections
-//	                          live only here). Epoch+1.
-//	Joining    -> Main        a fresh PONG from a peer that is a Backup
-//	Joining    -> Standalone  a fresh PONG from a StoodDown peer, or a
-//	                          window with nothing heard from the peer
-//	Joining    -> Backup      the peer serves (any message)
-//	Main       -> Standalone  Unprotected: Misses intervals without a message
-//	                          from the backup, or the peer says it is not a
-//	                          backup (it restarted, or it serves)
+//	Backup     -> Standalone  TakeOver, epoch+1: W + I/2 without a message
+//	                          from a serving peer (2W if it never heard one);
+//	                          or, at once, the main it followed shows up as
+//	                          Joining: that main restarted, and its
+//	                          connections live only here.
+//	Joining    -> Main        a fresh PONG (below) from a Backup peer
+//	Joining    -> Standalone  a fresh PONG from a StoodDown peer, or W with
+//	                          nothing heard from the peer
+//	Joining    -> Backup      a message from a serving peer
+//	Main       -> Standalone  Unprotected: W + I/2 without a message from the
+//	                          backup, or the peer says it is not a backup
+//	                          (it restarted, or it serves)
 //	Standalone -> Main        Protected: a message from a Backup peer
-//	Main, Standalone -> StoodDown  StandDown: the peer's epoch is higher, or
-//	                          equal and the tie-break goes to the peer
+//	Main, Standalone -> StoodDown  StandDown: a serving peer with a higher
+//	                          epoch, or an equal one and the tie-break goes
+//	                          to the peer
 //
-// A Joining start costs a lone main one detection window before it serves
-// (3 s with the defaults), like VRRP's Master_Down_Interval; with a peer
-// present it costs one round trip. In exchange a main restarted by a
-// supervisor while its former backup serves (or while that backup holds its
-// connections) never announces the service address over it, and the
-// operator restarts a node with its own, unchanged configuration: it
-// rejoins as backup by itself.
+// The half interval in W + I/2 is when a heartbeat due at the end of the
+// window counts as missed: without it, with heartbeat_misses 1, every PONG
+// would race the deadline it is meant to meet. Detection therefore comes
+// at least W after the last message and, heartbeats being I apart, within
+// W + I of the peer's death.
+//
+// A Joining start costs a lone main one window before it serves (3 s with
+// the defaults), like VRRP's Master_Down_Interval; with a peer present it
+// costs one round trip. In exchange a main restarted by a supervisor while
+// its former backup serves, or while that backup holds its connections,
+// never announces the service address over it; and the operator restarts a
+// node with its own, unchanged configuration: it rejoins as backup by
+// itself.
+//
+// A backup that lets a Joining peer start (it answers its PING as Backup)
+// forfeits whatever it held from an earlier main, and a later "Joining"
+// never makes it take over. Two backups (one restarted while the other
+// followed a main that has since died) do not race: the one configured as
+// backup waits while the one configured as main, which is alive, takes
+// over by its own timer.
 //
 // StoodDown is terminal: the process's connection state is stale and some
 // of it may be half-sent, so it must not become a backup in place. The
@@ -56,93 +75,98 @@ package failover
 //
 // # Epochs
 //
-// Every message carries the sender's epoch. Every takeover increments it.
-// Any node that hears a higher epoch adopts it; a node that serves and
-// hears a higher epoch stands down at once (doc.go, "Roles and epochs").
-// Two serving nodes with equal epochs are broken deterministically: the
+// Every message carries the sender's epoch, and every takeover increments
+// it. Any node that hears a higher epoch adopts it; a serving node that
+// hears a higher epoch from a serving peer stands down at once (doc.go,
+// "Roles and epochs"). From a peer that does not serve, a higher epoch
+// means this process is a restarted one that forgot it (epochs start only
+// at takeovers and there are two nodes, so the peer learned it from an
+// earlier incarnation of this node): it adopts it and serves on.
+//
+// Two serving nodes with equal epochs are told apart by configuration: the
 // node configured as main ("backup": false) keeps serving and the other
-// stands down. If both have the same "backup" setting, nothing
-// distinguishes them: both hold client output (never two client-visible
-// nodes) and Ready.ConfigError says why, until one goes silent for a
-// window. Any message whose sender has our "backup" setting reports that
-// ConfigError, once: the pair is misconfigured even when no tie arises
-// (both would have the same node address, too).
+// stands down. If both have the same "backup" setting nothing tells them
+// apart: both hold client output (never two client-visible nodes) and
+// Ready.ConfigError says why, until one goes silent for W. Any message
+// whose sender has our "backup" setting reports that ConfigError, once:
+// the pair is misconfigured even when no tie arises (both would have the
+// same node address, too).
 //
 // # Heartbeats: PING and PONG
 //
 // Heartbeats are PINGs, each with an id (1, 2, 3 ... per process), and every
 // PING is answered at once with a PONG echoing its id. main_heartbeats only
-// decides who initiates: with it the serving node pings every Interval and
-// the backup answers; without it the backup pings and the main answers. So
-// both directions carry something at least once per Interval in both
-// configurations, and each side can detect the other's death. Any
+// decides who initiates: with it the serving node pings every I and the
+// backup answers; without it the backup pings and the main answers. So
+// both directions carry something at least once per I in both
+// configurations, and each side detects the other's death. Any
 // authenticated message (HELLO, PING, PONG, replication data, SYNCACK)
 // counts as proof of life.
 //
-// Three exceptions to "only the initiator pings", all cheap: a node holding
-// its output (Joining, or suspecting after a pause) pings every Interval
-// itself, because it waits for a PONG; a node pings once when it takes over
-// (to announce the new epoch) and after a pause; and an answering node that
-// has heard nothing for more than an Interval pings on its own. The last
-// one keeps both sides alive if the two nodes disagree about
-// main_heartbeats (both would otherwise wait for the other, hear nothing,
-// and both fail over).
+// The answering side pings too in four cases, all cheap: while it holds
+// its output (Joining, or suspecting after a pause: it waits for a PONG),
+// every I; once when it takes over, to announce the new epoch; once after
+// a pause; and when it has heard nothing for more than I. The last keeps
+// both sides alive if the two nodes disagree about main_heartbeats (both
+// would otherwise wait for the other, hear nothing, and both fail over).
 //
-// Pings are emitted on a fixed grid (the connection time plus multiples of
-// Interval), not "Interval after the last one", so they do not drift.
+// PINGs go out on a fixed grid (the session's start plus multiples of I),
+// not "I after the last one", so they do not drift; a late tick sends one
+// PING, not a burst.
+//
+// A PONG is fresh for a hold when it echoes a PING sent after the hold
+// began. It is the only message that proves the peer's state is current:
+// anything else may have waited in our buffers, and the peer's answer to
+// our PING is written after it read what we said before it.
 //
 // # Pauses (SIGSTOP, a stalled VM, a starved process)
 //
 // This is the subtle part. A main frozen by SIGSTOP does not know it was
-// frozen. When it wakes up, its timers fire, the stack has segments queued
+// frozen. When it wakes up its timers fire, the stack has segments queued
 // from clients, and its socket buffers hold the peer's messages from before
 // the backup took over, still saying "Backup, epoch e". If any of that
 // turns into a frame to a client (an ARP reply for the service address, an
 // RST for a connection only the new main knows) before the peer's new epoch
 // is read, the stale main damages live connections. So:
 //
-//  1. The driver calls the machine at least every Interval/2 (NextDeadline
-//     never lies further ahead). An input more than one Interval after the
-//     previous one therefore reveals a pause: the process, or its host, did
-//     not run for that long.
+//  1. The peer declares us dead after W + I/2 of silence, and while we run
+//     we send it something at least every I. A pause of G therefore leaves
+//     it up to G + I without news: pauses from W - I/2 on are dangerous.
+//     The machine notices pauses of half that (at most I: above I for the
+//     default 3 misses, above I/4 for 1 miss), and NextDeadline is never
+//     more than half of that after the latest input, so that a running
+//     driver's late tick is not taken for a pause.
 //  2. Time spent paused does not count as silence from the peer: every
-//     silence timer is moved forward by the pause (less the Interval/2 a
-//     running node may legitimately wait). The peer's messages are waiting
-//     in our buffers; we just could not read them. Without this a frozen
-//     backup would take over on wake-up from a live main, and a frozen main
-//     would drop its backup.
-//  3. If the pause was long enough that the peer may have declared us dead
-//     — the peer detects after a full window of silence, and it has heard
-//     nothing from us since our last heartbeat (or, if we were not
-//     connected, since the pause began), so the test is "that silence is
-//     at least window - Interval/2", the half interval covering the delay
-//     of our next message — a serving node *suspects*: HoldOutput is set,
-//     a PING goes out at once, and the hold ends only on the PONG to that
-//     PING (or a later one): a reply the peer wrote after it read our
-//     wake-up, so it states the peer's present role and epoch, not the
-//     stale ones in our buffers. Then the usual rules apply (stand down on
-//     a higher epoch, else resume). If the peer stays silent for a whole
-//     window after the pause, nobody else can be serving that we could
-//     hear, and the node resumes (as Standalone once its backup-loss timer
-//     runs out).
+//     silence timer moves forward by the pause (less what a running node
+//     may wait between ticks). The peer's messages wait in our buffers; we
+//     just could not read them. Without this a frozen backup would take
+//     over on wake-up from a live main, and a frozen main would drop its
+//     backup.
+//  3. If the pause may have made the peer declare us dead — it has heard
+//     nothing from us for at least W - I/2: since our last PING or PONG,
+//     or, if we were not connected, since the pause began (what came
+//     before it was a partition, not the pause's doing) — the node
+//     suspects: it pings at once and acts on nothing irreversible until the
+//     PONG to that PING, or until W passes without a word from the peer
+//     (then nobody we could hear serves). A serving node holds all client
+//     output meanwhile; then the usual rules apply to what the PONG says
+//     (stand down on a higher epoch, else resume). A backup does not take
+//     over meanwhile, and never on a "Joining" read from its buffers: that
+//     node may have started alone while we did not answer.
 //  4. After every pause a node pings at once, so that the peer learns it
 //     is alive within a network delay.
 //
-// For the hold to be complete the driver must call Tick with a fresh clock
-// reading before it releases client-visible output, and check HoldOutput
-// (the Ready from the previous call may predate the pause).
+// For the hold to be complete the decision must be fresh when a frame
+// leaves: the Ready read before a SIGSTOP still says "serve" after it. The
+// output path checks OutputLease, which runs out one pause threshold after
+// the machine's latest input; past it, the frame waits for a Tick with a
+// fresh clock reading.
 //
-// The same reasoning is why a Joining node and a suspecting node resolve
-// only on a fresh PONG when the peer claims to be a backup: a backup that
-// followed the previous incarnation of this node takes over when it hears
-// "Joining", and the PONG is what carries that decision back.
-//
-// Limits: a pause the monotonic clock does not see (Linux's CLOCK_MONOTONIC
+// Limits. A pause the monotonic clock does not see (Linux's CLOCK_MONOTONIC
 // stops during host suspend) is invisible here; the epoch rule still makes
 // the stale node stand down when the first message of the new main
-// arrives. With heartbeat_misses below 3 the margin between a normal tick
-// and a pause that lets the peer take over is less than an interval, so a
-// small stall can go unnoticed; use 3 or more. A partition is not a pause:
+// arrives. The margins assume a one-way delay between the nodes well under
+// I/4 with heartbeat_misses 1 (I/2 with 3). A partition is not a pause:
 // both nodes run, neither hears the other, the backup takes over and the
 // main goes Standalone. With two nodes and no witness that split brain
 // cannot be avoided; when the partition heals the higher epoch wins.
@@ -151,18 +175,22 @@ package failover
 //
 //   - Pass times from one monotonic clock (time.Now()). A time earlier
 //     than a previous one is treated as that previous time.
-//   - Call Tick no later than NextDeadline.
+//   - Call Tick no later than NextDeadline (it may be the present).
 //   - Call PeerConnected when a sync session is established (HELLOs
-//     exchanged; the HELLO counts as a message sent) and PeerDisconnected
-//     when it ends. Pass messages of the current session only.
+//     exchanged: the machine counts both as messages) and PeerDisconnected
+//     when it ends. Pass messages of the current session only: a PONG left
+//     over from an earlier session, perhaps from an earlier process of the
+//     peer, would pass for fresh.
 //   - PeerMessage gets the sender's epoch (frame header), role and "backup"
 //     setting (as last stated in its HELLO, PING or PONG), and the PING id
 //     or PONG echo when the frame is one. PING and PONG bodies therefore
 //     carry the id and the sender's role; HELLO carries role and "backup".
-//   - Ready after every input; send Ready.Ping and Ready.Pong at once with
+//   - Client-visible frames leave only while HoldOutput is false and the
+//     clock is before OutputLease (see "Pauses").
+//   - After every input: Ready; send Ready.Ping and Ready.Pong at once with
 //     the current role and epoch (Ready.Role, Ready.Epoch); carry out the
-//     actions; then Advance. Ready.Role, Ready.Epoch and Ready.HoldOutput
-//     are the state to apply; the flags are one-time actions.
+//     actions; Advance. Ready.Role, Ready.Epoch and Ready.HoldOutput are
+//     the state to apply; the flags are one-time actions.
 
 import (
 	"errors"
@@ -228,7 +256,9 @@ type RoleConfig struct {
 	// Interval is config "heartbeat_timer"; must be > 0.
 	Interval time.Duration
 	// Misses is config "heartbeat_misses"; must be >= 1. The detection
-	// window is Misses*Interval.
+	// window is Misses*Interval; a peer is declared dead after half an
+	// Interval more without a message (the last heartbeat counts as
+	// missed half an interval after it was due).
 	Misses int
 }
 
@@ -345,7 +375,7 @@ type RoleMachine struct {
 	backupSeen time.Time
 	sawMain    bool // this backup has heard a serving peer
 
-	// Holds on a serving node (a Joining node always holds).
+	// Holds. A Joining node always holds; suspect applies to any role.
 	suspect   bool      // after a pause: waiting for a fresh PONG
 	conflict  bool      // an unbreakable equal-epoch tie with the peer
 	holdSince time.Time // when the current hold began
@@ -373,19 +403,18 @@ func NewRoleMachine(cfg RoleConfig, now time.Time) *RoleMachine {
 		cfg:      cfg,
 		window:   cfg.Window(),
 		detect:   cfg.Window() + cfg.Interval/2,
-		// A pause of G leaves the peer up to G + Interval without news
-		// from us (we send at least once per Interval), and it declares
-		// us dead after detect: pauses from detect - Interval = window -
-		// Interval/2 on are dangerous. Half that is noticed, one Interval
-		// at most; the driver ticks twice as often, so a late tick is not
-		// taken for a pause. With the default 3 misses: pauses over one
-		// Interval, ticks every half; with 1 miss: a quarter and an
-		// eighth.
-		pauseGap: min(cfg.Interval, (cfg.Window()-cfg.Interval/2)/2),
 		interval: cfg.Interval,
 		now:      now,
 		nextBeat: now.Add(cfg.Interval),
 	}
+	// A pause of G leaves the peer up to G + Interval without news from
+	// us (we send at least once per Interval), and it declares us dead
+	// after detect: pauses from detect - Interval = window - Interval/2 on
+	// are dangerous. Half that is noticed, one Interval at most; the
+	// driver ticks twice as often, so a late tick is not taken for a
+	// pause. With the default 3 misses: pauses over one Interval, ticks
+	// every half; with 1 miss: a quarter and an eighth.
+	m.pauseGap = min(cfg.Interval, (m.window-cfg.Interval/2)/2)
 	m.watch = max(m.pauseGap/2, 1)
 	if cfg.StartAsBackup {
 		m.role = RoleBackup
@@ -414,6 +443,25 @@ func (m *RoleMachine) PeerUp() bool {
 // Ready.HoldOutput). Call Tick with a fresh time first.
 func (m *RoleMachine) HoldOutput() bool {
 	return !m.role.Serving() || m.suspect || m.conflict
+}
+
+// OutputLease returns the time until which client-visible output may leave
+// without another input to the machine; zero while HoldOutput. A process
+// that is paused past it may have been paused long enough for the peer to
+// take over, so the output path compares the lease with the clock (an
+// atomic load and a compare, cheap enough per frame) and, once it has
+// passed, holds the frame until the driver has called Tick with a fresh
+// time and renewed it. This is what keeps frames queued before a SIGSTOP
+// from leaving on SIGCONT ahead of the role machine's verdict.
+//
+// The lease ends one pause threshold after the latest input: a pause
+// shorter than that cannot let the peer take over (see "Pauses"), and the
+// NextDeadline ticks of a running driver renew it twice within it.
+func (m *RoleMachine) OutputLease() time.Time {
+	if m.HoldOutput() {
+		return time.Time{}
+	}
+	return m.now.Add(m.pauseGap)
 }
 
 // holding reports whether the node waits to learn whether it may serve.
@@ -498,7 +546,7 @@ func (m *RoleMachine) PeerMessage(now time.Time, msg PeerMsg) {
 	m.lastHeard = now
 	if msg.StartAsBackup == m.cfg.StartAsBackup && !m.cfgErrSet {
 		m.cfgErrSet = true
-		m.pend.configErr = fmt.Errorf("%w (%t): one node must be the backup, the other the main",
+		m.pend.configErr = fmt.Errorf("%w (%t on both): one node must be the backup, the other the main",
 			ErrSameBackupSetting, m.cfg.StartAsBackup)
 	}
 	if msg.Ping != 0 {
@@ -658,8 +706,9 @@ func (m *RoleMachine) observe(now time.Time) time.Time {
 // --- Outputs ---
 
 // NextDeadline returns when Tick must be called next, at the latest; zero
-// once the node has stood down. It is never more than Interval/2 after the
-// latest input, which is what lets a pause show (see "Pauses").
+// once the node has stood down. It may be the present (due now). It is
+// never further than Interval/2 after the latest input (less with fewer
+// than 3 misses), which is what lets a pause show (see "Pauses").
 func (m *RoleMachine) NextDeadline() time.Time {
 	if m.role == RoleStoodDown {
 		return time.Time{}

@@ -12,16 +12,16 @@ import (
 	"github.com/zppratt/rfsis/config"
 )
 
-// The role machine reads no clock, so every test here scripts time: t0 plus
-// explicit offsets. Part one drives a single machine by hand, with the peer
+// The role machine reads no clock, so every test here scripts time: tStart
+// plus explicit offsets. Part one drives a single machine by hand, with the peer
 // played by the test; part two runs two machines against each other over a
 // simulated link with delay, pauses (SIGSTOP), crashes and restarts.
 
-var t0 = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+var tStart = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 
-const ms = time.Millisecond
+const msec = time.Millisecond
 
-func at(d time.Duration) time.Time { return t0.Add(d) }
+func tAt(d time.Duration) time.Time { return tStart.Add(d) }
 
 func roleCfg(backup, mainHB bool, interval time.Duration, misses int) RoleConfig {
 	return RoleConfig{StartAsBackup: backup, MainHeartbeats: mainHB, Interval: interval, Misses: misses}
@@ -32,7 +32,7 @@ func fromBackup(epoch uint64) PeerMsg {
 	return PeerMsg{Epoch: epoch, Role: RoleBackup, StartAsBackup: true}
 }
 func fromMain(epoch uint64) PeerMsg { return PeerMsg{Epoch: epoch, Role: RoleMain} }
-func from(role Role, epoch uint64, backup bool) PeerMsg {
+func peerMsgOf(role Role, epoch uint64, backup bool) PeerMsg {
 	return PeerMsg{Epoch: epoch, Role: role, StartAsBackup: backup}
 }
 func (p PeerMsg) ping(id uint64) PeerMsg { p.Ping = id; return p }
@@ -41,28 +41,28 @@ func (p PeerMsg) pong(id uint64) PeerMsg { p.Pong = id; return p }
 // script drives one machine: every input is followed by Ready/Advance, and
 // every Ready with something in it is logged and checked against the ones
 // before it.
-type script struct {
+type roleScript struct {
 	t   *testing.T
 	m   *RoleMachine
 	now time.Time
-	log []stamped
+	log []roleStamped
 }
 
-type stamped struct {
+type roleStamped struct {
 	at time.Time
 	rd Ready
 }
 
-func newScript(t *testing.T, cfg RoleConfig) *script {
+func newRoleScript(t *testing.T, cfg RoleConfig) *roleScript {
 	t.Helper()
-	s := &script{t: t, m: NewRoleMachine(cfg, t0), now: t0}
+	s := &roleScript{t: t, m: NewRoleMachine(cfg, tStart), now: tStart}
 	s.collect()
 	return s
 }
 
 // collect takes the Ready, if any, and returns it; otherwise it returns
 // the state with no actions.
-func (s *script) collect() Ready {
+func (s *roleScript) collect() Ready {
 	s.t.Helper()
 	if !s.m.HasReady() {
 		return Ready{Role: s.m.Role(), Epoch: s.m.Epoch(), HoldOutput: s.m.HoldOutput()}
@@ -73,10 +73,10 @@ func (s *script) collect() Ready {
 	}
 	s.m.Advance()
 	if s.m.HasReady() {
-		s.t.Fatalf("%v: HasReady right after Advance with no input: %+v", s.now.Sub(t0), s.m.Ready())
+		s.t.Fatalf("%v: HasReady right after Advance with no input: %+v", s.now.Sub(tStart), s.m.Ready())
 	}
 	checkNext(s.t, s.log, rd)
-	s.log = append(s.log, stamped{s.now, rd})
+	s.log = append(s.log, roleStamped{s.now, rd})
 	return rd
 }
 
@@ -91,23 +91,23 @@ func sameReady(a, b Ready) bool {
 // with it: TakeOver, StandDown and ConfigError at most once, PING and PONG
 // ids strictly increasing, Protected and Unprotected only on a change,
 // epochs never decreasing.
-func checkNext(t *testing.T, log []stamped, rd Ready) { checkNextPong(t, log, rd, true) }
+func checkNext(t *testing.T, log []roleStamped, rd Ready) { checkNextPong(t, log, rd, true) }
 
 // checkNextPong is checkNext; PONG ids are checked only with pongs (a
 // restarted peer numbers its PINGs from 1 again).
-func checkNextPong(t *testing.T, log []stamped, rd Ready, pongs bool) {
+func checkNextPong(t *testing.T, log []roleStamped, rd Ready, pongs bool) {
 	t.Helper()
 	var prev Ready
 	var lastPing, lastPong uint64
 	for _, l := range log {
 		if rd.TakeOver && l.rd.TakeOver {
-			t.Fatalf("TakeOver reported twice (first at %v)", l.at.Sub(t0))
+			t.Fatalf("TakeOver reported twice (first at %v)", l.at.Sub(tStart))
 		}
 		if rd.StandDown && l.rd.StandDown {
-			t.Fatalf("StandDown reported twice (first at %v)", l.at.Sub(t0))
+			t.Fatalf("StandDown reported twice (first at %v)", l.at.Sub(tStart))
 		}
 		if rd.ConfigError != nil && l.rd.ConfigError != nil {
-			t.Fatalf("ConfigError reported twice (first at %v)", l.at.Sub(t0))
+			t.Fatalf("ConfigError reported twice (first at %v)", l.at.Sub(tStart))
 		}
 		lastPing = max(lastPing, l.rd.Ping)
 		lastPong = max(lastPong, l.rd.Pong)
@@ -128,47 +128,44 @@ func checkNextPong(t *testing.T, log []stamped, rd Ready, pongs bool) {
 	if len(log) > 0 && rd.Epoch < prev.Epoch {
 		t.Fatalf("epoch went back from %d to %d", prev.Epoch, rd.Epoch)
 	}
-	if rd.HoldOutput != (!rd.Role.Serving() || rd.HoldOutput) {
-		t.Fatalf("HoldOutput inconsistent")
-	}
 	if !rd.Role.Serving() && !rd.HoldOutput {
 		t.Fatalf("a %v may not release output", rd.Role)
 	}
 }
 
-func (s *script) setNow(now time.Time) {
+func (s *roleScript) setNow(now time.Time) {
 	s.t.Helper()
 	if now.Before(s.now) {
-		s.t.Fatalf("script goes back in time: %v after %v", now.Sub(t0), s.now.Sub(t0))
+		s.t.Fatalf("script goes back in time: %v after %v", now.Sub(tStart), s.now.Sub(tStart))
 	}
 	s.now = now
 }
 
-func (s *script) tick(now time.Time) Ready {
+func (s *roleScript) tick(now time.Time) Ready {
 	s.t.Helper()
 	s.setNow(now)
 	s.m.Tick(now)
 	if d := s.m.NextDeadline(); !d.IsZero() && !d.After(now) {
-		s.t.Fatalf("after Tick(%v), NextDeadline %v is not in the future", now.Sub(t0), d.Sub(t0))
+		s.t.Fatalf("after Tick(%v), NextDeadline %v is not in the future", now.Sub(tStart), d.Sub(tStart))
 	}
 	return s.collect()
 }
 
-func (s *script) hear(now time.Time, msg PeerMsg) Ready {
+func (s *roleScript) hear(now time.Time, msg PeerMsg) Ready {
 	s.t.Helper()
 	s.setNow(now)
 	s.m.PeerMessage(now, msg)
 	return s.collect()
 }
 
-func (s *script) connect(now time.Time) Ready {
+func (s *roleScript) connect(now time.Time) Ready {
 	s.t.Helper()
 	s.setNow(now)
 	s.m.PeerConnected(now)
 	return s.collect()
 }
 
-func (s *script) disconnect(now time.Time) Ready {
+func (s *roleScript) disconnect(now time.Time) Ready {
 	s.t.Helper()
 	s.setNow(now)
 	s.m.PeerDisconnected(now)
@@ -178,9 +175,9 @@ func (s *script) disconnect(now time.Time) Ready {
 // tickUntil ticks at every NextDeadline up to and including end, calling
 // each (if not nil) with every Ready, and returns the Readys that had
 // actions.
-func (s *script) tickUntil(end time.Time, each func(time.Time, Ready)) []stamped {
+func (s *roleScript) tickUntil(end time.Time, each func(time.Time, Ready)) []roleStamped {
 	s.t.Helper()
-	var acts []stamped
+	var acts []roleStamped
 	for {
 		d := s.m.NextDeadline()
 		if d.IsZero() || d.After(end) {
@@ -188,7 +185,7 @@ func (s *script) tickUntil(end time.Time, each func(time.Time, Ready)) []stamped
 		}
 		rd := s.tick(d)
 		if hasAction(rd) {
-			acts = append(acts, stamped{d, rd})
+			acts = append(acts, roleStamped{d, rd})
 		}
 		if each != nil {
 			each(d, rd)
@@ -199,7 +196,7 @@ func (s *script) tickUntil(end time.Time, each func(time.Time, Ready)) []stamped
 
 // advance ticks at every deadline up to end, then at end: the machine
 // gets to end without seeing a pause.
-func (s *script) advance(end time.Time) {
+func (s *roleScript) advance(end time.Time) {
 	s.t.Helper()
 	s.tickUntil(end, nil)
 	if s.now.Before(end) {
@@ -224,16 +221,16 @@ func hasAction(rd Ready) bool {
 		rd.Protected || rd.Unprotected || rd.ConfigError != nil
 }
 
-func (s *script) expect(role Role, epoch uint64, hold bool) {
+func (s *roleScript) expect(role Role, epoch uint64, hold bool) {
 	s.t.Helper()
 	if s.m.Role() != role || s.m.Epoch() != epoch || s.m.HoldOutput() != hold {
 		s.t.Fatalf("%v: role %v epoch %d hold %t, want %v %d %t",
-			s.now.Sub(t0), s.m.Role(), s.m.Epoch(), s.m.HoldOutput(), role, epoch, hold)
+			s.now.Sub(tStart), s.m.Role(), s.m.Epoch(), s.m.HoldOutput(), role, epoch, hold)
 	}
 }
 
 // count returns how many logged Readys satisfy f.
-func (s *script) count(f func(Ready) bool) int {
+func (s *roleScript) count(f func(Ready) bool) int {
 	n := 0
 	for _, l := range s.log {
 		if f(l.rd) {
@@ -245,9 +242,9 @@ func (s *script) count(f func(Ready) bool) int {
 
 // serveAsMain brings a configured main from Joining to Main at c: the
 // session comes up, it pings, the backup answers.
-func serveAsMain(t *testing.T, cfg RoleConfig, c time.Time) *script {
+func serveAsMain(t *testing.T, cfg RoleConfig, c time.Time) *roleScript {
 	t.Helper()
-	s := newScript(t, cfg)
+	s := newRoleScript(t, cfg)
 	rd := s.connect(c)
 	if rd.Ping == 0 || rd.Role != RoleJoining || !rd.HoldOutput {
 		t.Fatalf("Joining node on connect: %+v", rd)
@@ -293,17 +290,17 @@ func TestNewRoleConfig(t *testing.T) {
 	c.Port = 80
 	c.Backup = true
 	c.MainHeartbeats = true
-	c.HeartbeatTimer = 10 * ms
+	c.HeartbeatTimer = 10 * msec
 	c.HeartbeatMisses = 4
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	got := NewRoleConfig(c)
-	want := RoleConfig{StartAsBackup: true, MainHeartbeats: true, Interval: 10 * ms, Misses: 4}
+	want := RoleConfig{StartAsBackup: true, MainHeartbeats: true, Interval: 10 * msec, Misses: 4}
 	if got != want {
 		t.Fatalf("NewRoleConfig = %+v, want %+v", got, want)
 	}
-	if got.Window() != 40*ms {
+	if got.Window() != 40*msec {
 		t.Fatalf("Window = %v", got.Window())
 	}
 }
@@ -320,7 +317,7 @@ func TestNewRoleMachineRejectsBadConfig(t *testing.T) {
 					t.Errorf("NewRoleMachine(%+v) did not panic", cfg)
 				}
 			}()
-			NewRoleMachine(cfg, t0)
+			NewRoleMachine(cfg, tStart)
 		}()
 	}
 }
@@ -330,7 +327,7 @@ func TestInitialState(t *testing.T) {
 		backup bool
 		role   Role
 	}{{true, RoleBackup}, {false, RoleJoining}} {
-		m := NewRoleMachine(roleCfg(tc.backup, false, time.Second, 3), t0)
+		m := NewRoleMachine(roleCfg(tc.backup, false, time.Second, 3), tStart)
 		if m.Role() != tc.role || m.Epoch() != 0 || !m.HoldOutput() || m.PeerUp() {
 			t.Errorf("backup=%t: role %v epoch %d hold %t peerUp %t", tc.backup, m.Role(), m.Epoch(), m.HoldOutput(), m.PeerUp())
 		}
@@ -348,7 +345,7 @@ func TestInitialState(t *testing.T) {
 		}
 		// Not connected: nothing to send, ever.
 		for i := 1; i <= 10; i++ {
-			m.Tick(at(time.Duration(i) * 400 * ms))
+			m.Tick(tAt(time.Duration(i) * 400 * msec))
 			if rd := m.Ready(); rd.Ping != 0 || rd.Pong != 0 {
 				t.Fatalf("backup=%t: heartbeat while not connected: %+v", tc.backup, rd)
 			}
@@ -367,22 +364,22 @@ func TestHeartbeatsOnTheGrid(t *testing.T) {
 		mainHB   bool
 		interval time.Duration
 	}{
-		{"main pings 10ms", true, 10 * ms},
-		{"backup pings 10ms", false, 10 * ms},
+		{"main pings 10ms", true, 10 * msec},
+		{"backup pings 10ms", false, 10 * msec},
 		{"main pings 1s", true, time.Second},
-		{"backup pings 1.5s", false, 1500 * ms},
-		{"backup pings 3ms", false, 3 * ms},
-		{"main pings 7ms", true, 7 * ms},
+		{"backup pings 1.5s", false, 1500 * msec},
+		{"backup pings 3ms", false, 3 * msec},
+		{"main pings 7ms", true, 7 * msec},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := at(3 * ms)
-			var s *script
+			c := tAt(3 * msec)
+			var s *roleScript
 			var peer PeerMsg
 			if tc.mainHB {
 				s = serveAsMain(t, roleCfg(false, true, tc.interval, 3), c)
 				peer = fromBackup(0)
 			} else {
-				s = newScript(t, roleCfg(true, false, tc.interval, 3))
+				s = newRoleScript(t, roleCfg(true, false, tc.interval, 3))
 				if rd := s.connect(c); rd.Ping != 1 {
 					t.Fatalf("backup initiator did not ping on connect: %+v", rd)
 				}
@@ -402,7 +399,7 @@ func TestHeartbeatsOnTheGrid(t *testing.T) {
 			}
 			for k, p := range pings {
 				if want := c.Add(time.Duration(k+1) * tc.interval); !p.Equal(want) {
-					t.Fatalf("ping %d at %v, want %v", k+1, p.Sub(t0), want.Sub(t0))
+					t.Fatalf("ping %d at %v, want %v", k+1, p.Sub(tStart), want.Sub(tStart))
 				}
 			}
 			s.expect(map[bool]Role{true: RoleMain, false: RoleBackup}[tc.mainHB], 0, !tc.mainHB)
@@ -414,14 +411,14 @@ func TestHeartbeatsOnTheGrid(t *testing.T) {
 // pings once per grid interval: each ping goes out at the first tick at or
 // after its grid point, and lateness does not accumulate.
 func TestHeartbeatsLateTicksDoNotDrift(t *testing.T) {
-	const iv = 10 * ms
-	s := newScript(t, roleCfg(true, false, iv, 3))
-	s.connect(t0)
-	s.hear(t0, fromMain(0).pong(1))
+	const iv = 10 * msec
+	s := newRoleScript(t, roleCfg(true, false, iv, 3))
+	s.connect(tStart)
+	s.hear(tStart, fromMain(0).pong(1))
 	rng := rand.New(rand.NewPCG(1, 2))
 	var pings []time.Time
-	now := t0
-	for now.Before(at(10 * time.Second)) {
+	now := tStart
+	for now.Before(tAt(10 * time.Second)) {
 		now = s.m.NextDeadline().Add(time.Duration(rng.Int64N(int64(iv / 4))))
 		rd := s.tick(now)
 		if rd.Ping != 0 {
@@ -430,9 +427,9 @@ func TestHeartbeatsLateTicksDoNotDrift(t *testing.T) {
 		}
 	}
 	for k, p := range pings {
-		grid := at(time.Duration(k+1) * iv)
+		grid := tAt(time.Duration(k+1) * iv)
 		if p.Before(grid) || p.Sub(grid) >= iv/2+iv/4 {
-			t.Fatalf("ping %d at %v, grid point %v", k+1, p.Sub(t0), grid.Sub(t0))
+			t.Fatalf("ping %d at %v, grid point %v", k+1, p.Sub(tStart), grid.Sub(tStart))
 		}
 	}
 	if len(pings) < 990 {
@@ -451,24 +448,24 @@ func TestResponderAnswersEveryPing(t *testing.T) {
 		mainHB bool
 	}{{"backup answers main", true}, {"main answers backup", false}} {
 		t.Run(tc.name, func(t *testing.T) {
-			const iv = 10 * ms
-			var s *script
+			const iv = 10 * msec
+			var s *roleScript
 			var peer PeerMsg
 			if tc.mainHB {
-				s = newScript(t, roleCfg(true, true, iv, 3))
-				if rd := s.connect(t0); rd.Ping != 0 {
+				s = newRoleScript(t, roleCfg(true, true, iv, 3))
+				if rd := s.connect(tStart); rd.Ping != 0 {
 					t.Fatalf("the answering backup pinged on connect: %+v", rd)
 				}
 				peer = fromMain(0)
 			} else {
-				s = serveAsMain(t, roleCfg(false, false, iv, 3), t0)
+				s = serveAsMain(t, roleCfg(false, false, iv, 3), tStart)
 				peer = fromBackup(0)
 			}
 			pingsBefore := s.count(func(rd Ready) bool { return rd.Ping != 0 })
 			// The initiator's grid is out of phase with ours: 0.3 of an
 			// interval later.
 			for k := 1; k <= 300; k++ {
-				when := at(time.Duration(k)*iv + 3*ms)
+				when := tAt(time.Duration(k)*iv + 3*msec)
 				s.tickUntil(when, nil)
 				rd := s.hear(when, peer.ping(uint64(k)))
 				if rd.Pong != uint64(k) {
@@ -486,41 +483,40 @@ func TestResponderAnswersEveryPing(t *testing.T) {
 // or the nodes disagree about main_heartbeats), the answering side pings
 // on its own after more than an interval of silence.
 func TestResponderPingsWhenInitiatorIsSilent(t *testing.T) {
-	const iv = 10 * ms
-	s := newScript(t, roleCfg(true, true, iv, 3)) // backup, main initiates
-	s.connect(t0)
-	s.hear(at(2*ms), fromMain(0).ping(1))
+	const iv = 10 * msec
+	s := newRoleScript(t, roleCfg(true, true, iv, 3)) // backup, main initiates
+	s.connect(tStart)
+	s.hear(tAt(2*msec), fromMain(0).ping(1))
 	var first time.Time
-	s.tickUntil(at(25*ms), func(now time.Time, rd Ready) {
+	s.tickUntil(tAt(25*msec), func(now time.Time, rd Ready) {
 		if rd.Ping != 0 && first.IsZero() {
 			first = now
 		}
 	})
-	if !first.Equal(at(20 * ms)) { // the first grid point with > 1 interval of silence
-		t.Fatalf("first own PING at %v, want 20ms", first.Sub(t0))
+	if !first.Equal(tAt(20 * msec)) { // the first grid point with > 1 interval of silence
+		t.Fatalf("first own PING at %v, want 20ms", first.Sub(tStart))
 	}
 }
 
-// A PING that arrives while the session is down cannot be; but pending
-// heartbeats are dropped on disconnect and none is produced until the next
-// session.
+// Heartbeats still pending when the session ends are dropped (there is
+// nowhere to send them), and none is produced until the next session.
 func TestNoHeartbeatsWhileDisconnected(t *testing.T) {
-	const iv = 10 * ms
-	s := newScript(t, roleCfg(true, false, iv, 3))
-	s.connect(t0)
-	s.hear(t0, fromMain(0).pong(1))
-	s.m.Tick(at(10 * ms)) // a PING is pending, not yet collected
-	s.m.PeerMessage(at(10*ms), fromMain(0).ping(9))
-	if rd := s.disconnect(at(11 * ms)); rd.Ping != 0 || rd.Pong != 0 {
+	const iv = 10 * msec
+	s := newRoleScript(t, roleCfg(true, false, iv, 3))
+	s.connect(tStart)
+	s.hear(tStart, fromMain(0).pong(1))
+	s.m.Tick(tAt(10 * msec)) // a PING is pending, not yet collected
+	s.m.PeerMessage(tAt(10*msec), fromMain(0).ping(9))
+	if rd := s.disconnect(tAt(11 * msec)); rd.Ping != 0 || rd.Pong != 0 {
 		t.Fatalf("heartbeats survive the session: %+v", rd)
 	}
-	acts := s.tickUntil(at(25*ms), nil)
+	acts := s.tickUntil(tAt(25*msec), nil)
 	for _, a := range acts {
 		if a.rd.Ping != 0 {
-			t.Fatalf("PING at %v while disconnected", a.at.Sub(t0))
+			t.Fatalf("PING at %v while disconnected", a.at.Sub(tStart))
 		}
 	}
-	if rd := s.connect(at(25 * ms)); rd.Ping == 0 {
+	if rd := s.connect(tAt(25 * msec)); rd.Ping == 0 {
 		t.Fatal("no PING on reconnect")
 	}
 }
@@ -532,7 +528,7 @@ func TestNoHeartbeatsWhileDisconnected(t *testing.T) {
 // (Misses+1)*Interval of the main's death, in both heartbeat directions and
 // with fractional intervals.
 func TestBackupDetectsDeadMain(t *testing.T) {
-	for _, iv := range []time.Duration{10 * ms, 250 * ms, time.Second} {
+	for _, iv := range []time.Duration{10 * msec, 250 * msec, time.Second} {
 		for _, misses := range []int{1, 2, 3, 5} {
 			for _, mainHB := range []bool{true, false} {
 				for _, deathFrac := range []float64{0, 0.01, 0.5, 0.99} {
@@ -547,8 +543,8 @@ func TestBackupDetectsDeadMain(t *testing.T) {
 }
 
 func testBackupDetects(t *testing.T, iv time.Duration, misses int, mainHB bool, deathFrac float64) {
-	s := newScript(t, roleCfg(true, mainHB, iv, misses))
-	c := at(iv / 3)
+	s := newRoleScript(t, roleCfg(true, mainHB, iv, misses))
+	c := tAt(iv / 3)
 	rd := s.connect(c)
 	death := c.Add(7*iv + time.Duration(deathFrac*float64(iv)))
 	var last time.Time // the last message from the main
@@ -582,7 +578,7 @@ func testBackupDetects(t *testing.T, iv time.Duration, misses int, mainHB bool, 
 	w := iv * time.Duration(misses)
 	// A beat is missed half an interval after it was due.
 	if want := w + iv/2; !took.Equal(last.Add(want)) {
-		t.Errorf("took over at %v, %v after the last message; want exactly %v", took.Sub(t0), took.Sub(last), want)
+		t.Errorf("took over at %v, %v after the last message; want exactly %v", took.Sub(tStart), took.Sub(last), want)
 	}
 	if took.Before(last.Add(w)) {
 		t.Errorf("took over after only %v of silence", took.Sub(last))
@@ -603,16 +599,16 @@ func testBackupDetects(t *testing.T, iv time.Duration, misses int, mainHB bool, 
 // A driver that ticks only on the heartbeat grid (every Interval, the
 // coarsest it may with 3 misses or more) still detects within the bounds.
 func TestBackupDetectsWithCoarseTicks(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	for _, misses := range []int{3, 4, 7} {
-		s := newScript(t, roleCfg(true, true, iv, misses))
-		s.connect(t0)
-		death := at(50*ms + 7*ms)
+		s := newRoleScript(t, roleCfg(true, true, iv, misses))
+		s.connect(tStart)
+		death := tAt(50*msec + 7*msec)
 		var last, took time.Time
 		for k := 1; took.IsZero() && k < 100; k++ {
-			now := at(time.Duration(k) * iv)
+			now := tAt(time.Duration(k) * iv)
 			if !now.After(death) {
-				last = now.Add(-ms)
+				last = now.Add(-msec)
 				s.hear(last, fromMain(0).ping(uint64(k)))
 			}
 			if s.tick(now).TakeOver {
@@ -621,7 +617,7 @@ func TestBackupDetectsWithCoarseTicks(t *testing.T) {
 		}
 		w := iv * time.Duration(misses)
 		if took.Before(last.Add(w)) || took.After(death.Add(iv*time.Duration(misses+1))) {
-			t.Errorf("misses=%d: took over at %v; last message %v, death %v", misses, took.Sub(t0), last.Sub(t0), death.Sub(t0))
+			t.Errorf("misses=%d: took over at %v; last message %v, death %v", misses, took.Sub(tStart), last.Sub(tStart), death.Sub(tStart))
 		}
 	}
 }
@@ -632,12 +628,12 @@ func TestBackupDetectsWithCoarseTicks(t *testing.T) {
 func TestMainLosesAndRegainsBackup(t *testing.T) {
 	for _, mainHB := range []bool{true, false} {
 		t.Run(fmt.Sprintf("mainHB=%t", mainHB), func(t *testing.T) {
-			const iv = 10 * ms
+			const iv = 10 * msec
 			const misses = 3
-			s := serveAsMain(t, roleCfg(false, mainHB, iv, misses), t0)
-			death := at(95 * ms)
-			last := t0
-			backupPing := at(4 * ms)
+			s := serveAsMain(t, roleCfg(false, mainHB, iv, misses), tStart)
+			death := tAt(95 * msec)
+			last := tStart
+			backupPing := tAt(4 * msec)
 			id := uint64(100)
 			var lost time.Time
 			for lost.IsZero() {
@@ -660,17 +656,17 @@ func TestMainLosesAndRegainsBackup(t *testing.T) {
 						t.Fatalf("after losing the backup: %+v", rd)
 					}
 				}
-				if now.After(at(time.Second)) {
+				if now.After(tAt(time.Second)) {
 					t.Fatal("backup loss not detected")
 				}
 			}
 			if want := last.Add(misses*iv + iv/2); !lost.Equal(want) {
-				t.Fatalf("Unprotected at %v, want %v", lost.Sub(t0), want.Sub(t0))
+				t.Fatalf("Unprotected at %v, want %v", lost.Sub(tStart), want.Sub(tStart))
 			}
-			s.tickUntil(at(300*ms), nil)
+			s.tickUntil(tAt(300*msec), nil)
 			s.expect(RoleStandalone, 0, false)
 			// The backup restarts and says so.
-			back := at(301 * ms)
+			back := tAt(301 * msec)
 			s.connect(back)
 			rd := s.hear(back, fromBackup(0))
 			if !rd.Protected || rd.Role != RoleMain || rd.HoldOutput {
@@ -690,23 +686,23 @@ func TestMainLosesAndRegainsBackup(t *testing.T) {
 // not a backup: it restarted (Joining) or it is a stale server.
 func TestMainUnprotectedWhenPeerIsNotABackup(t *testing.T) {
 	for _, peer := range []PeerMsg{
-		from(RoleJoining, 0, true),
-		from(RoleStandalone, 0, true),
+		peerMsgOf(RoleJoining, 0, true),
+		peerMsgOf(RoleStandalone, 0, true),
 	} {
-		s := serveAsMain(t, roleCfg(false, false, time.Second, 3), t0)
-		s.hear(at(time.Second), fromBackup(0))
-		rd := s.hear(at(1500*ms), peer)
+		s := serveAsMain(t, roleCfg(false, false, time.Second, 3), tStart)
+		s.hear(tAt(time.Second), fromBackup(0))
+		rd := s.hear(tAt(1500*msec), peer)
 		if !rd.Unprotected || rd.Role != RoleStandalone || rd.HoldOutput {
 			t.Errorf("%v peer: %+v", peer.Role, rd)
 		}
 	}
 	// A stale server (lower epoch) is not a backup either.
-	s := newScript(t, roleCfg(true, false, time.Second, 3))
-	s.tickUntil(at(6*time.Second), nil) // a lone backup takes over: epoch 1
+	s := newRoleScript(t, roleCfg(true, false, time.Second, 3))
+	s.tickUntil(tAt(6*time.Second), nil) // a lone backup takes over: epoch 1
 	s.expect(RoleStandalone, 1, false)
-	s.hear(at(7*time.Second), fromBackup(1))
+	s.hear(tAt(7*time.Second), fromBackup(1))
 	s.expect(RoleMain, 1, false)
-	if rd := s.hear(at(7500*ms), fromMain(0)); !rd.Unprotected {
+	if rd := s.hear(tAt(7500*msec), fromMain(0)); !rd.Unprotected {
 		t.Errorf("stale main: %+v", rd)
 	}
 }
@@ -714,14 +710,14 @@ func TestMainUnprotectedWhenPeerIsNotABackup(t *testing.T) {
 // --- Epochs ---
 
 func TestBackupAdoptsHigherEpoch(t *testing.T) {
-	s := newScript(t, roleCfg(true, false, time.Second, 3))
-	s.hear(at(ms), from(RoleStandalone, 7, false))
+	s := newRoleScript(t, roleCfg(true, false, time.Second, 3))
+	s.hear(tAt(msec), peerMsgOf(RoleStandalone, 7, false))
 	s.expect(RoleBackup, 7, true)
 	// Lower epochs never lower it; a stale server proves no main alive.
-	s.hear(at(2*ms), fromMain(3))
+	s.hear(tAt(2*msec), fromMain(3))
 	s.expect(RoleBackup, 7, true)
-	acts := s.tickUntil(at(ms+3500*ms), nil)
-	if len(acts) == 0 || !acts[len(acts)-1].rd.TakeOver || !acts[len(acts)-1].at.Equal(at(ms+3500*ms)) {
+	acts := s.tickUntil(tAt(msec+3500*msec), nil)
+	if len(acts) == 0 || !acts[len(acts)-1].rd.TakeOver || !acts[len(acts)-1].at.Equal(tAt(msec+3500*msec)) {
 		t.Fatalf("takeover not one window after the last message from the epoch-7 main: %+v", acts)
 	}
 	s.expect(RoleStandalone, 8, false)
@@ -732,23 +728,23 @@ func TestBackupAdoptsHigherEpoch(t *testing.T) {
 func TestServingStandsDownOnHigherEpoch(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		setup func(t *testing.T) *script
+		setup func(t *testing.T) *roleScript
 		peer  PeerMsg
 	}{
-		{"main hears standalone", func(t *testing.T) *script {
-			return serveAsMain(t, roleCfg(false, false, time.Second, 3), t0)
-		}, from(RoleStandalone, 1, true)},
-		{"standalone hears main", func(t *testing.T) *script {
-			s := newScript(t, roleCfg(false, false, time.Second, 3))
-			s.tickUntil(at(3*time.Second), nil)
+		{"main hears standalone", func(t *testing.T) *roleScript {
+			return serveAsMain(t, roleCfg(false, false, time.Second, 3), tStart)
+		}, peerMsgOf(RoleStandalone, 1, true)},
+		{"standalone hears main", func(t *testing.T) *roleScript {
+			s := newRoleScript(t, roleCfg(false, false, time.Second, 3))
+			s.tickUntil(tAt(3*time.Second), nil)
 			s.expect(RoleStandalone, 0, false)
 			return s
-		}, from(RoleMain, 2, true)},
+		}, peerMsgOf(RoleMain, 2, true)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tc.setup(t)
-			s.connect(at(4 * time.Second))
-			rd := s.hear(at(4*time.Second), tc.peer.ping(77))
+			s.connect(tAt(4 * time.Second))
+			rd := s.hear(tAt(4*time.Second), tc.peer.ping(77))
 			if !rd.StandDown || rd.Role != RoleStoodDown || !rd.HoldOutput || rd.Pong != 0 || rd.Ping != 0 {
 				t.Fatalf("%+v", rd)
 			}
@@ -764,9 +760,9 @@ func TestServingStandsDownOnHigherEpoch(t *testing.T) {
 // incarnation of this node (epochs start only at takeovers): adopt it,
 // keep serving.
 func TestServingAdoptsHigherEpochFromNonServer(t *testing.T) {
-	for _, peer := range []PeerMsg{fromBackup(4), from(RoleJoining, 4, true), from(RoleStoodDown, 4, true)} {
-		s := serveAsMain(t, roleCfg(false, false, time.Second, 3), t0)
-		rd := s.hear(at(ms), peer)
+	for _, peer := range []PeerMsg{fromBackup(4), peerMsgOf(RoleJoining, 4, true), peerMsgOf(RoleStoodDown, 4, true)} {
+		s := serveAsMain(t, roleCfg(false, false, time.Second, 3), tStart)
+		rd := s.hear(tAt(msec), peer)
 		if rd.StandDown || rd.Epoch != 4 || !rd.Role.Serving() || rd.HoldOutput {
 			t.Errorf("%v at a higher epoch: %+v", peer.Role, rd)
 		}
@@ -774,14 +770,14 @@ func TestServingAdoptsHigherEpochFromNonServer(t *testing.T) {
 }
 
 // checkTerminal feeds a stood-down machine everything and expects nothing.
-func checkTerminal(t *testing.T, s *script) {
+func checkTerminal(t *testing.T, s *roleScript) {
 	t.Helper()
 	if d := s.m.NextDeadline(); !d.IsZero() {
 		t.Fatalf("stood-down node has a deadline %v", d)
 	}
 	now := s.now
 	for i := 0; i < 20; i++ {
-		now = now.Add(time.Duration(i) * 700 * ms)
+		now = now.Add(time.Duration(i) * 700 * msec)
 		s.m.Tick(now)
 		s.m.PeerConnected(now)
 		s.m.PeerMessage(now, fromBackup(99).ping(uint64(i+1000)))
@@ -798,64 +794,64 @@ func checkTerminal(t *testing.T, s *script) {
 // the other stands down; if both have the same "backup" setting, both
 // hold output and report a configuration error.
 func TestEqualEpochTieBreak(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	const w = 3 * iv
 	// A configured main that serves alone (epoch 0) and a configured
 	// backup that took over alone (epoch 1).
-	aloneMain := func(t *testing.T) *script {
-		s := newScript(t, roleCfg(false, false, iv, 3))
-		s.tickUntil(at(w), nil)
+	aloneMain := func(t *testing.T) *roleScript {
+		s := newRoleScript(t, roleCfg(false, false, iv, 3))
+		s.tickUntil(tAt(w), nil)
 		s.expect(RoleStandalone, 0, false)
 		return s
 	}
-	tookOver := func(t *testing.T) *script {
-		s := newScript(t, roleCfg(true, false, iv, 3))
-		s.tickUntil(at(2*w), nil)
+	tookOver := func(t *testing.T) *roleScript {
+		s := newRoleScript(t, roleCfg(true, false, iv, 3))
+		s.tickUntil(tAt(2*w), nil)
 		s.expect(RoleStandalone, 1, false)
 		return s
 	}
 	t.Run("configured main stays", func(t *testing.T) {
 		s := aloneMain(t)
-		s.advance(at(100 * ms))
-		rd := s.hear(at(100*ms), from(RoleStandalone, 0, true))
+		s.advance(tAt(100 * msec))
+		rd := s.hear(tAt(100*msec), peerMsgOf(RoleStandalone, 0, true))
 		if rd.StandDown || rd.HoldOutput || rd.ConfigError != nil || rd.Role != RoleStandalone {
 			t.Fatalf("%+v", rd)
 		}
 	})
 	t.Run("configured backup stands down", func(t *testing.T) {
 		s := tookOver(t)
-		s.advance(at(100 * ms))
-		rd := s.hear(at(100*ms), from(RoleMain, 1, false))
+		s.advance(tAt(100 * msec))
+		rd := s.hear(tAt(100*msec), peerMsgOf(RoleMain, 1, false))
 		if !rd.StandDown || rd.Role != RoleStoodDown || rd.ConfigError != nil {
 			t.Fatalf("%+v", rd)
 		}
 	})
 	for _, tc := range []struct {
 		name  string
-		setup func(*testing.T) *script
+		setup func(*testing.T) *roleScript
 		peer  PeerMsg
 	}{
-		{"both configured main", aloneMain, from(RoleStandalone, 0, false)},
-		{"both configured backup", tookOver, from(RoleStandalone, 1, true)},
+		{"both configured main", aloneMain, peerMsgOf(RoleStandalone, 0, false)},
+		{"both configured backup", tookOver, peerMsgOf(RoleStandalone, 1, true)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tc.setup(t)
-			s.advance(at(100 * ms))
-			rd := s.hear(at(100*ms), tc.peer)
+			s.advance(tAt(100 * msec))
+			rd := s.hear(tAt(100*msec), tc.peer)
 			if !errors.Is(rd.ConfigError, ErrSameBackupSetting) || rd.StandDown || !rd.HoldOutput || !rd.Role.Serving() {
 				t.Fatalf("%+v", rd)
 			}
 			// Held as long as the other keeps claiming the service.
 			for k := 1; k <= 20; k++ {
-				now := at(100*ms + time.Duration(k)*iv)
+				now := tAt(100*msec + time.Duration(k)*iv)
 				s.tickUntil(now, nil)
 				if rd := s.hear(now, tc.peer); !rd.HoldOutput || rd.ConfigError != nil {
-					t.Fatalf("%v: %+v", now.Sub(t0), rd)
+					t.Fatalf("%v: %+v", now.Sub(tStart), rd)
 				}
 			}
 			// It goes silent for a window: resume.
-			last := at(100*ms + 20*iv)
-			s.tickUntil(last.Add(w-ms), nil)
+			last := tAt(100*msec + 20*iv)
+			s.tickUntil(last.Add(w-msec), nil)
 			if !s.m.HoldOutput() {
 				t.Fatal("resumed before a window of silence")
 			}
@@ -870,77 +866,77 @@ func TestEqualEpochTieBreak(t *testing.T) {
 // --- Joining ---
 
 func TestJoining(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	const w = 3 * iv
 	cfg := roleCfg(false, false, iv, 3)
 	t.Run("fresh pong from a backup: main", func(t *testing.T) {
-		serveAsMain(t, cfg, at(ms))
+		serveAsMain(t, cfg, tAt(msec))
 	})
 	t.Run("backup message that is not the pong: keep holding", func(t *testing.T) {
-		s := newScript(t, cfg)
-		rd := s.connect(at(ms))
-		s.hear(at(ms), fromBackup(0))           // its HELLO
-		s.hear(at(2*ms), fromBackup(0).ping(5)) // its own PING
-		s.hear(at(3*ms), fromBackup(0).pong(0)) // not a PONG
+		s := newRoleScript(t, cfg)
+		rd := s.connect(tAt(msec))
+		s.hear(tAt(msec), fromBackup(0))           // its HELLO
+		s.hear(tAt(2*msec), fromBackup(0).ping(5)) // its own PING
+		s.hear(tAt(3*msec), fromBackup(0).pong(0)) // not a PONG
 		s.expect(RoleJoining, 0, true)
-		if rd := s.hear(at(4*ms), fromBackup(0).pong(rd.Ping)); !rd.Protected {
+		if rd := s.hear(tAt(4*msec), fromBackup(0).pong(rd.Ping)); !rd.Protected {
 			t.Fatalf("%+v", rd)
 		}
 	})
 	t.Run("peer serves: yield and become its backup", func(t *testing.T) {
-		s := newScript(t, cfg)
-		s.connect(at(ms))
-		rd := s.hear(at(2*ms), from(RoleStandalone, 3, true))
+		s := newRoleScript(t, cfg)
+		s.connect(tAt(msec))
+		rd := s.hear(tAt(2*msec), peerMsgOf(RoleStandalone, 3, true))
 		if rd.Role != RoleBackup || rd.Epoch != 3 || !rd.HoldOutput || rd.TakeOver || rd.StandDown {
 			t.Fatalf("%+v", rd)
 		}
 		// It now follows that main: its silence is what counts.
-		acts := s.tickUntil(at(2*ms+w+iv/2), nil)
-		if last := acts[len(acts)-1]; !last.rd.TakeOver || !last.at.Equal(at(2*ms+w+iv/2)) {
+		acts := s.tickUntil(tAt(2*msec+w+iv/2), nil)
+		if last := acts[len(acts)-1]; !last.rd.TakeOver || !last.at.Equal(tAt(2*msec+w+iv/2)) {
 			t.Fatalf("follows the main it yielded to? %+v", acts)
 		}
 	})
 	t.Run("nobody there: standalone after a window", func(t *testing.T) {
-		s := newScript(t, cfg)
-		s.tickUntil(at(w-1), nil)
+		s := newRoleScript(t, cfg)
+		s.tickUntil(tAt(w-1), nil)
 		s.expect(RoleJoining, 0, true)
-		s.tickUntil(at(w), nil)
+		s.tickUntil(tAt(w), nil)
 		s.expect(RoleStandalone, 0, false)
 	})
 	t.Run("peer talks without answering: keep holding", func(t *testing.T) {
-		s := newScript(t, cfg)
-		s.connect(at(ms))
+		s := newRoleScript(t, cfg)
+		s.connect(tAt(msec))
 		for k := 0; k < 50; k++ {
-			now := at(ms + time.Duration(k)*iv)
+			now := tAt(msec + time.Duration(k)*iv)
 			s.tickUntil(now, nil)
 			s.hear(now, fromBackup(0))
 		}
 		s.expect(RoleJoining, 0, true)
 		// The pong to the first PING still counts (any PING since the
 		// hold began).
-		s.advance(at(600 * ms))
-		if rd := s.hear(at(600*ms), fromBackup(0).pong(1)); rd.Role != RoleMain {
+		s.advance(tAt(600 * msec))
+		if rd := s.hear(tAt(600*msec), fromBackup(0).pong(1)); rd.Role != RoleMain {
 			t.Fatalf("%+v", rd)
 		}
 	})
 	t.Run("peer configured as main too: config error, hold", func(t *testing.T) {
-		s := newScript(t, cfg)
-		rd := s.connect(at(ms))
-		rd = s.hear(at(ms), from(RoleJoining, 0, false).pong(rd.Ping))
+		s := newRoleScript(t, cfg)
+		rd := s.connect(tAt(msec))
+		rd = s.hear(tAt(msec), peerMsgOf(RoleJoining, 0, false).pong(rd.Ping))
 		if !errors.Is(rd.ConfigError, ErrSameBackupSetting) || rd.Role != RoleJoining {
 			t.Fatalf("%+v", rd)
 		}
 		for k := 1; k < 100; k++ {
-			now := at(ms + time.Duration(k)*iv)
+			now := tAt(msec + time.Duration(k)*iv)
 			s.tickUntil(now, nil)
-			s.hear(now, from(RoleJoining, 0, false).ping(uint64(k)))
+			s.hear(now, peerMsgOf(RoleJoining, 0, false).ping(uint64(k)))
 		}
 		s.expect(RoleJoining, 0, true)
 	})
 	t.Run("stood-down peer answers: standalone", func(t *testing.T) {
-		s := newScript(t, cfg)
-		rd := s.connect(at(ms))
-		if rd := s.hear(at(2*ms), from(RoleStoodDown, 2, true).pong(rd.Ping)); rd.Role != RoleStandalone || rd.Epoch != 2 || rd.HoldOutput {
+		s := newRoleScript(t, cfg)
+		rd := s.connect(tAt(msec))
+		if rd := s.hear(tAt(2*msec), peerMsgOf(RoleStoodDown, 2, true).pong(rd.Ping)); rd.Role != RoleStandalone || rd.Epoch != 2 || rd.HoldOutput {
 			t.Fatalf("%+v", rd)
 		}
 	})
@@ -950,21 +946,21 @@ func TestJoining(t *testing.T) {
 // the main is a new process: it takes over at once and its PONG carries
 // the new epoch. A backup that never followed a main does not.
 func TestBackupTakesOverFromRestartedMain(t *testing.T) {
-	const iv = 10 * ms
-	s := newScript(t, roleCfg(true, false, iv, 3))
-	s.connect(t0)
-	s.hear(t0, fromMain(0).pong(1))
-	s.tickUntil(at(15*ms), nil)
+	const iv = 10 * msec
+	s := newRoleScript(t, roleCfg(true, false, iv, 3))
+	s.connect(tStart)
+	s.hear(tStart, fromMain(0).pong(1))
+	s.tickUntil(tAt(15*msec), nil)
 	// The main restarts: a new session, its HELLO, its PING.
-	s.connect(at(16 * ms))
-	rd := s.hear(at(16*ms), from(RoleJoining, 0, false).ping(1))
+	s.connect(tAt(16 * msec))
+	rd := s.hear(tAt(16*msec), peerMsgOf(RoleJoining, 0, false).ping(1))
 	if !rd.TakeOver || rd.Role != RoleStandalone || rd.Epoch != 1 || rd.HoldOutput || rd.Pong != 1 {
 		t.Fatalf("%+v", rd)
 	}
 
-	cold := newScript(t, roleCfg(true, false, iv, 3))
-	cold.connect(at(ms))
-	rd = cold.hear(at(ms), from(RoleJoining, 0, false).ping(1))
+	cold := newRoleScript(t, roleCfg(true, false, iv, 3))
+	cold.connect(tAt(msec))
+	rd = cold.hear(tAt(msec), peerMsgOf(RoleJoining, 0, false).ping(1))
 	if rd.TakeOver || rd.Role != RoleBackup || rd.Pong != 1 {
 		t.Fatalf("cold backup: %+v", rd)
 	}
@@ -974,26 +970,26 @@ func TestBackupTakesOverFromRestartedMain(t *testing.T) {
 // cold start the node configured as main, which waits one, wins), and
 // defers to a backup peer configured as main.
 func TestColdBackup(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	const w = 3 * iv
-	s := newScript(t, roleCfg(true, false, iv, 3))
-	acts := s.tickUntil(at(5*w), nil)
+	s := newRoleScript(t, roleCfg(true, false, iv, 3))
+	acts := s.tickUntil(tAt(5*w), nil)
 	var took []time.Time
 	for _, a := range acts {
 		if a.rd.TakeOver {
 			took = append(took, a.at)
 		}
 	}
-	if len(took) != 1 || !took[0].Equal(at(2*w)) {
+	if len(took) != 1 || !took[0].Equal(tAt(2*w)) {
 		t.Fatalf("cold backup took over at %v, want once at %v", took, 2*w)
 	}
 
-	s = newScript(t, roleCfg(true, false, iv, 3))
-	s.connect(at(ms))
+	s = newRoleScript(t, roleCfg(true, false, iv, 3))
+	s.connect(tAt(msec))
 	for k := 0; k < 30; k++ {
-		now := at(ms + time.Duration(k)*iv)
+		now := tAt(msec + time.Duration(k)*iv)
 		s.tickUntil(now, nil)
-		s.hear(now, from(RoleBackup, 2, false).ping(uint64(k+1)))
+		s.hear(now, peerMsgOf(RoleBackup, 2, false).ping(uint64(k+1)))
 	}
 	s.expect(RoleBackup, 2, true)
 }
@@ -1006,23 +1002,23 @@ func TestColdBackup(t *testing.T) {
 // buffers (the backup still a backup, PONGs to older PINGs) do not release
 // it. The fresh PONG decides.
 func TestPausedMainHoldsUntilFreshPong(t *testing.T) {
-	const iv = 100 * ms
+	const iv = 100 * msec
 	const w = 3 * iv
 	for _, first := range []string{"tick", "stale message", "connect"} {
 		for _, outcome := range []string{"peer took over", "peer still backup"} {
 			t.Run(first+"/"+outcome, func(t *testing.T) {
-				s := serveAsMain(t, roleCfg(false, false, iv, 3), t0)
+				s := serveAsMain(t, roleCfg(false, false, iv, 3), tStart)
 				// Normal operation: the backup pings every interval.
 				var k uint64
 				for k = 1; k <= 10; k++ {
-					now := at(time.Duration(k) * iv)
+					now := tAt(time.Duration(k) * iv)
 					s.tickUntil(now, nil)
 					s.hear(now, fromBackup(0).ping(k))
 				}
-				s.tickUntil(at(10*iv+iv/2), nil)
+				s.tickUntil(tAt(10*iv+iv/2), nil)
 				s.expect(RoleMain, 0, false)
 				// SIGSTOP for 10 windows; then the first input.
-				wake := at(10*iv + iv/2 + 10*w)
+				wake := tAt(10*iv + iv/2 + 10*w)
 				var rd Ready
 				switch first {
 				case "tick":
@@ -1056,7 +1052,7 @@ func TestPausedMainHoldsUntilFreshPong(t *testing.T) {
 				answer := wake.Add(w / 2)
 				switch outcome {
 				case "peer took over":
-					rd = s.hear(answer, from(RoleStandalone, 1, true).pong(probe))
+					rd = s.hear(answer, peerMsgOf(RoleStandalone, 1, true).pong(probe))
 					if !rd.StandDown || rd.Role != RoleStoodDown {
 						t.Fatalf("%+v", rd)
 					}
@@ -1070,7 +1066,7 @@ func TestPausedMainHoldsUntilFreshPong(t *testing.T) {
 				// the answer.
 				for _, l := range s.log {
 					if !l.at.Before(wake) && l.at.Before(answer) && !l.rd.HoldOutput {
-						t.Fatalf("output released at %v: %+v", l.at.Sub(t0), l.rd)
+						t.Fatalf("output released at %v: %+v", l.at.Sub(tStart), l.rd)
 					}
 				}
 			})
@@ -1082,11 +1078,11 @@ func TestPausedMainHoldsUntilFreshPong(t *testing.T) {
 // (nobody we could hear serves), as Standalone since its backup is silent
 // too.
 func TestPausedMainAloneResumesAfterAWindow(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	const w = 3 * iv
-	s := serveAsMain(t, roleCfg(false, true, iv, 3), t0)
-	s.tickUntil(at(5*ms), nil)
-	wake := at(5*ms + 10*time.Second)
+	s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
+	s.tickUntil(tAt(5*msec), nil)
+	wake := tAt(5*msec + 10*time.Second)
 	if rd := s.tick(wake); !rd.HoldOutput || rd.Role != RoleMain {
 		t.Fatalf("%+v", rd)
 	}
@@ -1103,7 +1099,7 @@ func TestPausedMainAloneResumesAfterAWindow(t *testing.T) {
 // interval. Shorter pauses are not held, but still announced with a PING
 // and not charged to the peer.
 func TestPauseThreshold(t *testing.T) {
-	const iv = 100 * ms
+	const iv = 100 * msec
 	const misses = 5
 	const w = misses * iv
 	for _, tc := range []struct {
@@ -1119,15 +1115,15 @@ func TestPauseThreshold(t *testing.T) {
 		{10 * w, true},
 	} {
 		t.Run(tc.pause.String(), func(t *testing.T) {
-			s := serveAsMain(t, roleCfg(false, true, iv, misses), t0)
+			s := serveAsMain(t, roleCfg(false, true, iv, misses), tStart)
 			// Ping at 100ms (on the grid), answered; then pause from
 			// 100ms: the last message we sent left at 100ms.
-			s.tickUntil(at(iv), func(now time.Time, rd Ready) {
+			s.tickUntil(tAt(iv), func(now time.Time, rd Ready) {
 				if rd.Ping != 0 {
 					s.hear(now, fromBackup(0).pong(rd.Ping))
 				}
 			})
-			from := at(iv)
+			from := tAt(iv)
 			wake := from.Add(tc.pause)
 			rd := s.tick(wake)
 			silence := wake.Sub(from)
@@ -1150,21 +1146,79 @@ func TestPauseThreshold(t *testing.T) {
 	}
 }
 
+// With one miss the margin is small: pauses over a quarter interval count,
+// and the driver is asked to tick every eighth.
+func TestPauseThresholdOneMiss(t *testing.T) {
+	const iv = 80 * msec
+	for _, tc := range []struct {
+		pause time.Duration
+		hold  bool
+	}{
+		{iv / 4, false},          // not a pause
+		{iv/4 + 1, false},        // a pause; the peer heard from us 20ms ago
+		{iv/2 - iv/8 - 1, false}, // with the 10ms since our PING: 39.999ms
+		{iv/2 - iv/8, true},      // 40ms: the peer may give up before our PING lands
+	} {
+		s := serveAsMain(t, roleCfg(false, true, iv, 1), tStart)
+		if d := s.m.NextDeadline().Sub(s.now); d > iv/8 {
+			t.Fatalf("deadline %v ahead", d)
+		}
+		s.advance(tAt(iv)) // PING at 80ms
+		s.advance(tAt(iv + iv/8))
+		rd := s.tick(tAt(iv + iv/8 + tc.pause))
+		if rd.HoldOutput != tc.hold {
+			t.Errorf("pause %v: hold %t, want %t", tc.pause, rd.HoldOutput, tc.hold)
+		}
+	}
+}
+
+// The output lease: zero while holding, one pause threshold after the
+// latest input while serving, renewed by the driver's regular ticks, and a
+// paused node's first Tick either renews it or revokes it.
+func TestOutputLease(t *testing.T) {
+	const iv = 10 * msec
+	s := newRoleScript(t, roleCfg(false, false, iv, 3))
+	if !s.m.OutputLease().IsZero() {
+		t.Fatal("a Joining node has a lease")
+	}
+	rd := s.connect(tAt(msec))
+	s.hear(tAt(msec), fromBackup(0).pong(rd.Ping))
+	if got, want := s.m.OutputLease(), tAt(msec+iv); !got.Equal(want) {
+		t.Fatalf("lease %v, want %v", got.Sub(tStart), want.Sub(tStart))
+	}
+	// A running driver renews it before it runs out.
+	for now := tAt(msec); now.Before(tAt(time.Second)); {
+		next := s.m.NextDeadline()
+		if !next.Before(s.m.OutputLease()) {
+			t.Fatalf("at %v: next tick %v not before the lease %v", now.Sub(tStart), next.Sub(tStart), s.m.OutputLease().Sub(tStart))
+		}
+		s.tick(next)
+		s.hear(next, fromBackup(0))
+		now = next
+	}
+	// SIGSTOP: the old lease has long run out when the process wakes; its
+	// first Tick revokes it.
+	s.tick(tAt(time.Minute))
+	if !s.m.OutputLease().IsZero() {
+		t.Fatal("lease after a long pause")
+	}
+}
+
 // A backup paused for a long time does not take over when it wakes up
 // because of its own pause, in whichever order its inputs come.
 func TestPausedBackupDoesNotTakeOverOnWake(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	const w = 3 * iv
 	for _, tickFirst := range []bool{true, false} {
-		s := newScript(t, roleCfg(true, false, iv, 3))
-		s.connect(t0)
-		s.hear(t0, fromMain(0).pong(1))
-		s.tickUntil(at(25*ms), func(now time.Time, rd Ready) {
+		s := newRoleScript(t, roleCfg(true, false, iv, 3))
+		s.connect(tStart)
+		s.hear(tStart, fromMain(0).pong(1))
+		s.tickUntil(tAt(25*msec), func(now time.Time, rd Ready) {
 			if rd.Ping != 0 {
 				s.hear(now, fromMain(0).pong(rd.Ping))
 			}
 		})
-		wake := at(25*ms + time.Minute)
+		wake := tAt(25*msec + time.Minute)
 		if tickFirst {
 			if rd := s.tick(wake); rd.TakeOver {
 				t.Fatalf("took over on waking: %+v", rd)
@@ -1194,26 +1248,26 @@ func TestPausedBackupDoesNotTakeOverOnWake(t *testing.T) {
 // not take over on it: that node may have started alone since, when we
 // did not answer. It lets it start, and follows it.
 func TestPausedBackupLetsJoiningNodeStart(t *testing.T) {
-	const iv = 10 * ms
-	for _, answer := range []PeerMsg{from(RoleStandalone, 0, false), from(RoleJoining, 0, false)} {
-		s := newScript(t, roleCfg(true, false, iv, 3))
-		s.connect(t0)
-		s.hear(t0, fromMain(0).pong(1))
-		s.tickUntil(at(5*ms), nil)
-		wake := at(time.Minute)
+	const iv = 10 * msec
+	for _, answer := range []PeerMsg{peerMsgOf(RoleStandalone, 0, false), peerMsgOf(RoleJoining, 0, false)} {
+		s := newRoleScript(t, roleCfg(true, false, iv, 3))
+		s.connect(tStart)
+		s.hear(tStart, fromMain(0).pong(1))
+		s.tickUntil(tAt(5*msec), nil)
+		wake := tAt(time.Minute)
 		s.connect(wake) // the restarted main's session
-		rd := s.hear(wake, from(RoleJoining, 0, false).ping(1))
+		rd := s.hear(wake, peerMsgOf(RoleJoining, 0, false).ping(1))
 		if rd.TakeOver || rd.Pong != 1 {
 			t.Fatalf("took over on a buffered Joining: %+v", rd)
 		}
 		probe := s.m.pingSeq
-		if rd = s.hear(wake.Add(ms), answer.pong(probe)); rd.TakeOver {
+		if rd = s.hear(wake.Add(msec), answer.pong(probe)); rd.TakeOver {
 			t.Fatalf("answer %v: %+v", answer.Role, rd)
 		}
 		// It serves now: follow it.
-		s.advance(wake.Add(2 * ms))
-		s.hear(wake.Add(2*ms), fromMain(0))
-		s.advance(wake.Add(2*ms + 3*iv + iv/2 - 1))
+		s.advance(wake.Add(2 * msec))
+		s.hear(wake.Add(2*msec), fromMain(0))
+		s.advance(wake.Add(2*msec + 3*iv + iv/2 - 1))
 		s.expect(RoleBackup, 0, true)
 	}
 }
@@ -1221,34 +1275,34 @@ func TestPausedBackupLetsJoiningNodeStart(t *testing.T) {
 // A backup that let a Joining node start does not take over on its cold
 // timer before that node, now the main, has had time to say so.
 func TestColdBackupWaitsForJoiningNode(t *testing.T) {
-	const iv = 10 * ms
-	s := newScript(t, roleCfg(true, false, iv, 3))
-	s.advance(at(59 * ms)) // the cold timer runs out at 60ms
-	s.connect(at(59 * ms))
-	s.hear(at(59*ms), from(RoleJoining, 0, false).ping(1))
-	s.advance(at(61 * ms))
+	const iv = 10 * msec
+	s := newRoleScript(t, roleCfg(true, false, iv, 3))
+	s.advance(tAt(59 * msec)) // the cold timer runs out at 60ms
+	s.connect(tAt(59 * msec))
+	s.hear(tAt(59*msec), peerMsgOf(RoleJoining, 0, false).ping(1))
+	s.advance(tAt(61 * msec))
 	s.expect(RoleBackup, 0, true)
 }
 
 // Time going backwards is treated as standing still.
 func TestTimeGoingBackwards(t *testing.T) {
-	const iv = 10 * ms
-	m := NewRoleMachine(roleCfg(true, false, iv, 3), t0)
-	rawAdvance(m, at(50*ms)) // a cold backup: takeover due at 60ms
-	m.Tick(at(10 * ms))
-	m.PeerMessage(at(5*ms), fromMain(0)) // counts as heard at 50ms
+	const iv = 10 * msec
+	m := NewRoleMachine(roleCfg(true, false, iv, 3), tStart)
+	rawAdvance(m, tAt(50*msec)) // a cold backup: takeover due at 60ms
+	m.Tick(tAt(10 * msec))
+	m.PeerMessage(tAt(5*msec), fromMain(0)) // counts as heard at 50ms
 	if m.Role() != RoleBackup || !m.HoldOutput() {
 		t.Fatal("state changed")
 	}
-	if d := m.NextDeadline(); d.Before(at(50 * ms)) {
-		t.Fatalf("deadline %v before the latest time seen", d.Sub(t0))
+	if d := m.NextDeadline(); d.Before(tAt(50 * msec)) {
+		t.Fatalf("deadline %v before the latest time seen", d.Sub(tStart))
 	}
 	// Heard at 50ms: the takeover is due at 50ms + 3.5 intervals.
-	rawAdvance(m, at(84*ms))
+	rawAdvance(m, tAt(84*msec))
 	if m.Role() != RoleBackup {
 		t.Fatal("took over early")
 	}
-	rawAdvance(m, at(85*ms))
+	rawAdvance(m, tAt(85*msec))
 	if m.Role() != RoleStandalone {
 		t.Fatal("no takeover at 85ms")
 	}
@@ -1257,15 +1311,15 @@ func TestTimeGoingBackwards(t *testing.T) {
 // --- Ready / Advance ---
 
 func TestAdvanceKeepsLaterActions(t *testing.T) {
-	s := newScript(t, roleCfg(true, false, time.Second, 3))
-	s.connect(t0)
-	s.m.PeerMessage(at(ms), fromMain(0).ping(1))
+	s := newRoleScript(t, roleCfg(true, false, time.Second, 3))
+	s.connect(tStart)
+	s.m.PeerMessage(tAt(msec), fromMain(0).ping(1))
 	rd := s.m.Ready()
 	if rd.Pong != 1 {
 		t.Fatalf("%+v", rd)
 	}
 	// Something happens between Ready and Advance.
-	s.m.PeerMessage(at(2*ms), fromMain(0).ping(2))
+	s.m.PeerMessage(tAt(2*msec), fromMain(0).ping(2))
 	s.m.Advance()
 	if !s.m.HasReady() || s.m.Ready().Pong != 2 {
 		t.Fatalf("later PONG lost: %+v", s.m.Ready())
@@ -1275,7 +1329,7 @@ func TestAdvanceKeepsLaterActions(t *testing.T) {
 		t.Fatalf("%+v", s.m.Ready())
 	}
 	// Advance without Ready acknowledges nothing.
-	s.m.PeerMessage(at(3*ms), fromMain(0).ping(3))
+	s.m.PeerMessage(tAt(3*msec), fromMain(0).ping(3))
 	s.m.Advance()
 	if s.m.Ready().Pong != 3 {
 		t.Fatal("Advance without Ready dropped an action")
@@ -1286,25 +1340,25 @@ func TestAdvanceKeepsLaterActions(t *testing.T) {
 // gates; Main -> Standalone is Unprotected exactly once however long the
 // driver waits.
 func TestProtectionReportedAgainstLastReady(t *testing.T) {
-	const iv = 10 * ms
-	s := serveAsMain(t, roleCfg(false, false, iv, 3), t0)
-	rawAdvance(s.m, at(35*ms)) // backup lost
+	const iv = 10 * msec
+	s := serveAsMain(t, roleCfg(false, false, iv, 3), tStart)
+	rawAdvance(s.m, tAt(35*msec)) // backup lost
 	if s.m.Role() != RoleStandalone {
 		t.Fatal(s.m.Role())
 	}
-	s.m.PeerMessage(at(35*ms), fromBackup(0))
-	s.now = at(35 * ms)
+	s.m.PeerMessage(tAt(35*msec), fromBackup(0))
+	s.now = tAt(35 * msec)
 	rd := s.collect()
 	if rd.Protected || rd.Unprotected || rd.Role != RoleMain {
 		t.Fatalf("%+v", rd)
 	}
-	rawAdvance(s.m, at(71*ms))
-	s.now = at(71 * ms)
+	rawAdvance(s.m, tAt(71*msec))
+	s.now = tAt(71 * msec)
 	rd = s.collect()
 	if !rd.Unprotected {
 		t.Fatalf("%+v", rd)
 	}
-	s.tickUntil(at(200*ms), nil)
+	s.tickUntil(tAt(200*msec), nil)
 	if n := s.count(func(rd Ready) bool { return rd.Unprotected }); n != 1 {
 		t.Fatalf("%d Unprotected", n)
 	}
@@ -1313,12 +1367,12 @@ func TestProtectionReportedAgainstLastReady(t *testing.T) {
 // If a takeover and a stand-down both happen before the driver reads
 // either, there is nothing to take over.
 func TestStandDownCancelsUnreadTakeOver(t *testing.T) {
-	s := newScript(t, roleCfg(true, false, 10*ms, 3))
-	rawAdvance(s.m, at(60*ms))
+	s := newRoleScript(t, roleCfg(true, false, 10*msec, 3))
+	rawAdvance(s.m, tAt(60*msec))
 	if s.m.Role() != RoleStandalone {
 		t.Fatal(s.m.Role())
 	}
-	s.m.PeerMessage(at(61*ms), from(RoleMain, 5, false))
+	s.m.PeerMessage(tAt(61*msec), peerMsgOf(RoleMain, 5, false))
 	rd := s.collect()
 	if rd.TakeOver || !rd.StandDown {
 		t.Fatalf("%+v", rd)
@@ -1329,10 +1383,10 @@ func TestStandDownCancelsUnreadTakeOver(t *testing.T) {
 // so that a pause shows, and never in the past after a Tick.
 func TestNextDeadlineBound(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for _, iv := range []time.Duration{10 * ms, time.Second} {
+	for _, iv := range []time.Duration{10 * msec, time.Second} {
 		for _, backup := range []bool{true, false} {
-			m := NewRoleMachine(roleCfg(backup, rng.IntN(2) == 0, iv, 3), t0)
-			now := t0
+			m := NewRoleMachine(roleCfg(backup, rng.IntN(2) == 0, iv, 3), tStart)
+			now := tStart
 			for i := 0; i < 2000 && m.Role() != RoleStoodDown; i++ {
 				now = now.Add(time.Duration(rng.Int64N(int64(iv / 2))))
 				switch rng.IntN(6) {
@@ -1341,11 +1395,11 @@ func TestNextDeadlineBound(t *testing.T) {
 				case 1:
 					m.PeerDisconnected(now)
 				case 2:
-					m.PeerMessage(now, from(Role(1+rng.IntN(4)), uint64(rng.IntN(2)), rng.IntN(2) == 0).ping(uint64(i+1)))
+					m.PeerMessage(now, peerMsgOf(Role(1+rng.IntN(4)), uint64(rng.IntN(2)), rng.IntN(2) == 0).ping(uint64(i+1)))
 				default:
 					m.Tick(now)
 					if d := m.NextDeadline(); !d.After(now) || d.After(now.Add(iv/2)) {
-						t.Fatalf("deadline %v after Tick at %v", d.Sub(t0), now.Sub(t0))
+						t.Fatalf("deadline %v after Tick at %v", d.Sub(tStart), now.Sub(tStart))
 					}
 				}
 				if m.HasReady() {
@@ -1358,22 +1412,22 @@ func TestNextDeadlineBound(t *testing.T) {
 }
 
 func TestInvalidRoleIgnored(t *testing.T) {
-	s := newScript(t, roleCfg(true, false, time.Second, 3))
-	s.m.PeerMessage(at(ms), PeerMsg{Epoch: 9, Role: 0, Ping: 1})
-	s.m.PeerMessage(at(ms), PeerMsg{Epoch: 9, Role: 200, Ping: 2})
+	s := newRoleScript(t, roleCfg(true, false, time.Second, 3))
+	s.m.PeerMessage(tAt(msec), PeerMsg{Epoch: 9, Role: 0, Ping: 1})
+	s.m.PeerMessage(tAt(msec), PeerMsg{Epoch: 9, Role: 200, Ping: 2})
 	if s.m.HasReady() || s.m.Epoch() != 0 || s.m.PeerUp() {
 		t.Fatal("a message with an invalid role had an effect")
 	}
 }
 
 func TestPeerUp(t *testing.T) {
-	s := newScript(t, roleCfg(true, false, 10*ms, 3))
-	s.hear(at(ms), fromMain(0))
-	s.advance(at(30 * ms))
+	s := newRoleScript(t, roleCfg(true, false, 10*msec, 3))
+	s.hear(tAt(msec), fromMain(0))
+	s.advance(tAt(30 * msec))
 	if !s.m.PeerUp() {
 		t.Fatal("peer down within the window")
 	}
-	s.advance(at(31 * ms))
+	s.advance(tAt(31 * msec))
 	if s.m.PeerUp() {
 		t.Fatal("peer up after a silent window")
 	}
@@ -1398,8 +1452,8 @@ type simNode struct {
 	paused   bool      // wakeAt is pending
 	gen      int       // incarnation
 	inbox    []simDelivery
-	log      []stamped // this incarnation's Readys
-	all      []stamped // every incarnation's Readys
+	log      []roleStamped // this incarnation's Readys
+	all      []roleStamped // every incarnation's Readys
 	takeOver int
 	stand    int
 	cfgErr   int
@@ -1436,16 +1490,16 @@ type pairSim struct {
 }
 
 func newPairSim(t *testing.T, cfg0, cfg1 RoleConfig, delay time.Duration) *pairSim {
-	s := &pairSim{t: t, now: t0, delay: delay}
+	s := &pairSim{t: t, now: tStart, delay: delay}
 	for i, cfg := range []RoleConfig{cfg0, cfg1} {
-		s.n[i] = &simNode{cfg: cfg, m: NewRoleMachine(cfg, t0), alive: true}
+		s.n[i] = &simNode{cfg: cfg, m: NewRoleMachine(cfg, tStart), alive: true}
 	}
-	s.at(ms, s.connect)
+	s.tAt(msec, s.connect)
 	return s
 }
 
-func (s *pairSim) at(d time.Duration, do func()) {
-	ev := simEvent{t0.Add(d), do}
+func (s *pairSim) tAt(d time.Duration, do func()) {
+	ev := simEvent{tStart.Add(d), do}
 	i := len(s.events)
 	for i > 0 && s.events[i-1].at.After(ev.at) {
 		i--
@@ -1454,7 +1508,7 @@ func (s *pairSim) at(d time.Duration, do func()) {
 }
 
 func (s *pairSim) logf(format string, args ...any) {
-	s.trace = append(s.trace, fmt.Sprintf("%10v ", s.now.Sub(t0))+fmt.Sprintf(format, args...))
+	s.trace = append(s.trace, fmt.Sprintf("%10v ", s.now.Sub(tStart))+fmt.Sprintf(format, args...))
 }
 
 // connect starts a new sync session between the live nodes. Messages of
@@ -1494,8 +1548,8 @@ func (s *pairSim) start(i int) {
 	n.gen++
 	n.m = NewRoleMachine(n.cfg, s.now)
 	s.logf("node %d started as %v", i, n.m.Role())
-	d := s.now.Sub(t0) + 2*s.delay + ms
-	s.at(d, s.connect)
+	d := s.now.Sub(tStart) + 2*s.delay + msec
+	s.tAt(d, s.connect)
 }
 
 func (s *pairSim) send(from int, rd Ready, ping, pong uint64) {
@@ -1548,8 +1602,8 @@ func (s *pairSim) step(i int) bool {
 		rd := n.m.Ready()
 		n.m.Advance()
 		checkNextPong(s.t, n.log, rd, false)
-		n.log = append(n.log, stamped{s.now, rd})
-		n.all = append(n.all, stamped{s.now, rd})
+		n.log = append(n.log, roleStamped{s.now, rd})
+		n.all = append(n.all, roleStamped{s.now, rd})
 		if rd.TakeOver {
 			n.takeOver++
 			s.logf("node %d TAKES OVER, epoch %d", i, rd.Epoch)
@@ -1558,7 +1612,7 @@ func (s *pairSim) step(i int) bool {
 			n.stand++
 			s.logf("node %d STANDS DOWN, epoch %d", i, rd.Epoch)
 			if s.restart > 0 {
-				s.at(s.now.Sub(t0)+s.restart, func() { s.start(i) })
+				s.tAt(s.now.Sub(tStart)+s.restart, func() { s.start(i) })
 			}
 		}
 		if rd.ConfigError != nil {
@@ -1582,7 +1636,7 @@ func (s *pairSim) visible(i int) bool {
 
 // run simulates up to end.
 func (s *pairSim) run(end time.Duration) {
-	stop := t0.Add(end)
+	stop := tStart.Add(end)
 	for {
 		next := stop
 		consider := func(t time.Time) {
@@ -1655,7 +1709,7 @@ func (s *pairSim) fail(format string, args ...any) {
 func (s *pairSim) noOverlap() {
 	s.t.Helper()
 	if s.both > 0 {
-		s.fail("both nodes client-visible for %v, from %v", s.both, s.firstBoth.Sub(t0))
+		s.fail("both nodes client-visible for %v, from %v", s.both, s.firstBoth.Sub(tStart))
 	}
 }
 
@@ -1682,8 +1736,8 @@ func pairCfgs(iv time.Duration, misses int, mainHB bool) (RoleConfig, RoleConfig
 
 func TestPairColdStart(t *testing.T) {
 	for _, mainHB := range []bool{true, false} {
-		c0, c1 := pairCfgs(10*ms, 3, mainHB)
-		s := newPairSim(t, c0, c1, ms/2)
+		c0, c1 := pairCfgs(10*msec, 3, mainHB)
+		s := newPairSim(t, c0, c1, msec/2)
 		s.run(10 * time.Second)
 		if s.settled() != 0 {
 			s.fail("node 0 (configured main) should serve")
@@ -1693,7 +1747,7 @@ func TestPairColdStart(t *testing.T) {
 		}
 		for _, l := range s.n[0].all {
 			if l.rd.Unprotected {
-				s.fail("main lost a healthy backup at %v", l.at.Sub(t0))
+				s.fail("main lost a healthy backup at %v", l.at.Sub(tStart))
 			}
 		}
 		s.noOverlap()
@@ -1703,10 +1757,10 @@ func TestPairColdStart(t *testing.T) {
 // The backup starts long before the main: it serves alone, and the main,
 // when it comes, joins as its backup.
 func TestPairBackupStartsFirst(t *testing.T) {
-	c0, c1 := pairCfgs(10*ms, 3, false)
-	s := newPairSim(t, c0, c1, ms/2)
+	c0, c1 := pairCfgs(10*msec, 3, false)
+	s := newPairSim(t, c0, c1, msec/2)
 	s.crash(0)
-	s.at(500*ms, func() { s.start(0) })
+	s.tAt(500*msec, func() { s.start(0) })
 	s.run(2 * time.Second)
 	if s.settled() != 1 || s.n[1].takeOver != 1 || s.n[0].stand != 0 {
 		s.fail("want node 1 serving, node 0 its backup")
@@ -1717,11 +1771,11 @@ func TestPairBackupStartsFirst(t *testing.T) {
 // kill -9 of the main: the backup takes over within (Misses+1) intervals.
 func TestPairMainCrash(t *testing.T) {
 	for _, mainHB := range []bool{true, false} {
-		for _, iv := range []time.Duration{10 * ms, time.Second} {
+		for _, iv := range []time.Duration{10 * msec, time.Second} {
 			c0, c1 := pairCfgs(iv, 3, mainHB)
-			s := newPairSim(t, c0, c1, ms/2)
+			s := newPairSim(t, c0, c1, msec/2)
 			crash := 20*iv + iv/3
-			s.at(crash, func() { s.crash(0) })
+			s.tAt(crash, func() { s.crash(0) })
 			s.run(crash + 10*iv)
 			if s.n[1].takeOver != 1 {
 				s.fail("no takeover")
@@ -1732,7 +1786,7 @@ func TestPairMainCrash(t *testing.T) {
 					took = l.at
 				}
 			}
-			if d := took.Sub(t0.Add(crash)); d > 4*iv || d < 2*iv {
+			if d := took.Sub(tStart.Add(crash)); d > 4*iv || d < 2*iv {
 				s.fail("takeover %v after the crash (interval %v)", d, iv)
 			}
 			s.noOverlap()
@@ -1744,18 +1798,18 @@ func TestPairMainCrash(t *testing.T) {
 // the old main never serves again (it stands down, is restarted and joins
 // as backup), and there is never a moment when both serve.
 func TestPairMainSIGSTOP(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	for _, mainHB := range []bool{true, false} {
 		for _, tickFirst := range []bool{true, false} {
 			for _, pause := range []time.Duration{5 * iv, 10 * iv, time.Minute} {
 				name := fmt.Sprintf("mainHB=%t/tickFirst=%t/pause=%v", mainHB, tickFirst, pause)
 				t.Run(name, func(t *testing.T) {
 					c0, c1 := pairCfgs(iv, 3, mainHB)
-					s := newPairSim(t, c0, c1, ms/2)
+					s := newPairSim(t, c0, c1, msec/2)
 					s.tickFirst = tickFirst
-					s.restart = 50 * ms
-					s.at(200*ms+3*ms, func() { s.pause(0, pause) })
-					s.run(200*ms + pause + time.Second)
+					s.restart = 50 * msec
+					s.tAt(200*msec+3*msec, func() { s.pause(0, pause) })
+					s.run(200*msec + pause + time.Second)
 					s.noOverlap()
 					if s.n[1].takeOver != 1 || s.n[0].stand != 1 {
 						s.fail("takeovers %d, stand-downs %d", s.n[1].takeOver, s.n[0].stand)
@@ -1771,11 +1825,11 @@ func TestPairMainSIGSTOP(t *testing.T) {
 
 // A pause too short for the backup to act changes nothing.
 func TestPairShortPause(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	for _, i := range []int{0, 1} {
 		c0, c1 := pairCfgs(iv, 3, false)
-		s := newPairSim(t, c0, c1, ms/2)
-		s.at(200*ms, func() { s.pause(i, iv+iv/2) })
+		s := newPairSim(t, c0, c1, msec/2)
+		s.tAt(200*msec, func() { s.pause(i, iv+iv/2) })
 		s.run(time.Second)
 		s.noOverlap()
 		if s.settled() != 0 || s.n[1].takeOver != 0 {
@@ -1787,12 +1841,12 @@ func TestPairShortPause(t *testing.T) {
 // SIGSTOP of the backup: the main goes Standalone, the backup wakes, does
 // not take over, and protects the main again.
 func TestPairBackupSIGSTOP(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	for _, tickFirst := range []bool{true, false} {
 		c0, c1 := pairCfgs(iv, 3, false)
-		s := newPairSim(t, c0, c1, ms/2)
+		s := newPairSim(t, c0, c1, msec/2)
 		s.tickFirst = tickFirst
-		s.at(200*ms, func() { s.pause(1, 10*time.Second) })
+		s.tAt(200*msec, func() { s.pause(1, 10*time.Second) })
 		s.run(11 * time.Second)
 		s.noOverlap()
 		if s.settled() != 0 || s.n[1].takeOver != 0 {
@@ -1817,11 +1871,11 @@ func TestPairBackupSIGSTOP(t *testing.T) {
 // detection window: the backup, which holds the connections, takes over as
 // soon as it hears the new process, and the new process becomes its backup.
 func TestPairMainFastRestart(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	for _, mainHB := range []bool{true, false} {
 		c0, c1 := pairCfgs(iv, 3, mainHB)
-		s := newPairSim(t, c0, c1, ms/2)
-		s.at(200*ms, func() { s.crash(0); s.start(0) })
+		s := newPairSim(t, c0, c1, msec/2)
+		s.tAt(200*msec, func() { s.crash(0); s.start(0) })
 		s.run(time.Second)
 		s.noOverlap()
 		if s.settled() != 1 || s.n[1].takeOver != 1 {
@@ -1833,7 +1887,7 @@ func TestPairMainFastRestart(t *testing.T) {
 				took = l.at
 			}
 		}
-		if d := took.Sub(at(200 * ms)); d > 5*ms {
+		if d := took.Sub(tAt(200 * msec)); d > 5*msec {
 			s.fail("takeover %v after the restart; want at once, not a window", d)
 		}
 	}
@@ -1841,10 +1895,10 @@ func TestPairMainFastRestart(t *testing.T) {
 
 // The backup crashes and comes back: Unprotected, then Protected.
 func TestPairBackupCrashRestart(t *testing.T) {
-	c0, c1 := pairCfgs(10*ms, 3, true)
-	s := newPairSim(t, c0, c1, ms/2)
-	s.at(200*ms, func() { s.crash(1) })
-	s.at(600*ms, func() { s.start(1) })
+	c0, c1 := pairCfgs(10*msec, 3, true)
+	s := newPairSim(t, c0, c1, msec/2)
+	s.tAt(200*msec, func() { s.crash(1) })
+	s.tAt(600*msec, func() { s.start(1) })
 	s.run(time.Second)
 	s.noOverlap()
 	if s.settled() != 0 {
@@ -1867,19 +1921,19 @@ func TestPairBackupCrashRestart(t *testing.T) {
 // A partition longer than the window: both serve (two nodes and no
 // witness cannot avoid it); when it heals, the higher epoch wins at once.
 func TestPairPartition(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	c0, c1 := pairCfgs(iv, 3, false)
-	s := newPairSim(t, c0, c1, ms/2)
-	s.restart = 50 * ms
-	s.at(200*ms, func() { s.cut = true })
-	s.at(700*ms, func() { s.cut = false; s.connect() })
+	s := newPairSim(t, c0, c1, msec/2)
+	s.restart = 50 * msec
+	s.tAt(200*msec, func() { s.cut = true })
+	s.tAt(700*msec, func() { s.cut = false; s.connect() })
 	s.run(2 * time.Second)
 	if s.n[1].takeOver != 1 || s.n[0].stand != 1 {
 		s.fail("takeovers %d stand-downs %d", s.n[1].takeOver, s.n[0].stand)
 	}
 	// Both served from the takeover until the heal plus a message delay.
-	if s.firstBoth.Before(at(200*ms)) || s.both > 500*ms {
-		s.fail("overlap %v from %v", s.both, s.firstBoth.Sub(t0))
+	if s.firstBoth.Before(tAt(200*msec)) || s.both > 500*msec {
+		s.fail("overlap %v from %v", s.both, s.firstBoth.Sub(tStart))
 	}
 	if s.settled() != 1 {
 		s.fail("not settled after the heal")
@@ -1889,11 +1943,11 @@ func TestPairPartition(t *testing.T) {
 // The two nodes disagree about main_heartbeats: nobody initiates (or both
 // do), yet neither fails over.
 func TestPairHeartbeatSettingMismatch(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	for _, mainHB := range []bool{true, false} {
 		c0 := roleCfg(false, mainHB, iv, 3)
 		c1 := roleCfg(true, !mainHB, iv, 3)
-		s := newPairSim(t, c0, c1, ms/2)
+		s := newPairSim(t, c0, c1, msec/2)
 		s.run(5 * time.Second)
 		s.noOverlap()
 		if s.settled() != 0 || s.n[1].takeOver != 0 {
@@ -1910,10 +1964,10 @@ func TestPairHeartbeatSettingMismatch(t *testing.T) {
 // Both nodes configured with the same "backup": reported, and never two
 // client-visible nodes.
 func TestPairSameBackupSetting(t *testing.T) {
-	const iv = 10 * ms
+	const iv = 10 * msec
 	for _, backup := range []bool{false, true} {
 		c := roleCfg(backup, false, iv, 3)
-		s := newPairSim(t, c, c, ms/2)
+		s := newPairSim(t, c, c, msec/2)
 		s.run(2 * time.Second)
 		s.noOverlap()
 		if s.n[0].cfgErr != 1 || s.n[1].cfgErr != 1 {
@@ -1923,22 +1977,26 @@ func TestPairSameBackupSetting(t *testing.T) {
 }
 
 // Random pauses, crashes and restarts, on either node, at any time, with
-// both orders of wake-up inputs and both heartbeat directions: never two
-// client-visible nodes, and once the faults stop the pair settles into a
-// protected main and its backup.
+// both orders of wake-up inputs, both heartbeat directions and 1 to 5
+// misses: never two client-visible nodes, and once the faults stop the pair
+// settles into a protected main and its backup. (Run with a larger seed
+// count when changing the machine; 30,000 seeds take about two minutes.)
 func TestPairRandomFaults(t *testing.T) {
-	seeds := 400
+	seeds := 300
 	if testing.Short() {
-		seeds = 50
+		seeds = 40
 	}
-	const iv = 10 * ms
-	const w = 3 * iv
+	const iv = 10 * msec
 	for seed := range seeds {
 		rng := rand.New(rand.NewPCG(uint64(seed), 99))
-		c0, c1 := pairCfgs(iv, 3, rng.IntN(2) == 0)
-		s := newPairSim(t, c0, c1, time.Duration(rng.Int64N(int64(iv/5))))
+		misses := 1 + rng.IntN(5)
+		w := iv * time.Duration(misses)
+		c0, c1 := pairCfgs(iv, misses, rng.IntN(2) == 0)
+		// One-way delays up to an eighth of the interval: a LAN next to
+		// a 10 msec heartbeat.
+		s := newPairSim(t, c0, c1, time.Duration(rng.Int64N(int64(iv/8))))
 		s.tickFirst = rng.IntN(2) == 0
-		s.restart = time.Duration(1+rng.IntN(50)) * ms
+		s.restart = time.Duration(1+rng.IntN(50)) * msec
 		end := 100 * w
 		for range 1 + rng.IntN(12) {
 			when := time.Duration(rng.Int64N(int64(end)))
@@ -1946,13 +2004,13 @@ func TestPairRandomFaults(t *testing.T) {
 			switch rng.IntN(4) {
 			case 0, 1:
 				d := time.Duration(rng.Int64N(int64(6 * w)))
-				s.at(when, func() { s.pause(i, d) })
+				s.tAt(when, func() { s.pause(i, d) })
 			case 2:
 				d := time.Duration(rng.Int64N(int64(4 * w)))
-				s.at(when, func() { s.crash(i) })
-				s.at(when+d, func() { s.start(i) })
+				s.tAt(when, func() { s.crash(i) })
+				s.tAt(when+d, func() { s.start(i) })
 			case 3: // crash and immediate restart
-				s.at(when, func() { s.crash(i); s.start(i) })
+				s.tAt(when, func() { s.crash(i); s.start(i) })
 			}
 		}
 		s.run(end + 7*w)
@@ -1965,7 +2023,7 @@ func TestPairRandomFaults(t *testing.T) {
 		}
 		s.run(end + 30*w)
 		if s.both > 0 || t.Failed() {
-			s.fail("seed %d: both client-visible for %v from %v", seed, s.both, s.firstBoth.Sub(t0))
+			s.fail("seed %d: both client-visible for %v from %v", seed, s.both, s.firstBoth.Sub(tStart))
 		}
 		s.settled()
 	}
