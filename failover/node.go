@@ -41,16 +41,14 @@ type Node struct {
 	peer netip.Addr // the other node's own address
 	key  Key
 
-	mu         sync.Mutex
-	rm         *RoleMachine
-	kick       chan struct{} // wakes the driver: the role machine has news
-	sess       *session      // the live sync session, or nil
-	listeners  map[uint16]*stack.Listener
-	mains      map[tcp.FourTuple]*mainConn
-	standbys   map[tcp.FourTuple]*backupConn
-	peerRole   Role
-	peerBackup bool
-	stoodDown  atomic.Bool
+	mu        sync.Mutex
+	rm        *RoleMachine
+	kick      chan struct{} // wakes the driver: the role machine has news
+	sess      *session      // the live sync session, or nil
+	listeners map[uint16]*stack.Listener
+	mains     map[tcp.FourTuple]*mainConn
+	standbys  map[tcp.FourTuple]*backupConn
+	stoodDown atomic.Bool
 
 	stats Stats
 }
@@ -158,8 +156,21 @@ func (n *Node) wake() {
 	}
 }
 
+// renewLease is the stack's lease callback for the service address: the
+// role machine sees the time now, before anything leaves.
+func (n *Node) renewLease(now time.Time) (time.Time, bool) {
+	n.mu.Lock()
+	n.rm.Tick(now)
+	lease := n.rm.OutputLease()
+	n.mu.Unlock()
+	n.wake() // whatever the tick decided, the driver carries out
+	return lease, !lease.IsZero() && now.Before(lease)
+}
+
 // Run drives the node until ctx ends or it stands down.
 func (n *Node) Run(ctx context.Context) error {
+	n.st.SetLease(n.svc, n.renewLease)
+	defer n.st.SetLease(n.svc, nil)
 	n.applyReady(time.Now()) // the initial hold
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
@@ -384,6 +395,9 @@ type session struct {
 	done  bool
 	// Effects of frames we sent, applied when the peer acknowledges them.
 	effects []effect
+	// What the peer said of itself in this session's heartbeats.
+	peerRole   Role
+	peerBackup bool
 }
 
 type outMsg struct {
@@ -552,15 +566,15 @@ func (s *session) handle(m *Message) error {
 	}
 	n.mu.Lock()
 	if m.Type == MsgHeartbeat {
-		n.peerRole = Role(m.Role)
-		n.peerBackup = m.StartAsBackup
+		s.peerRole = Role(m.Role)
+		s.peerBackup = m.StartAsBackup
 	}
 	if n.sess != s {
 		n.sess = s
 		n.rm.PeerConnected(now)
 	}
-	if n.peerRole.Valid() {
-		n.rm.PeerMessage(now, PeerMsg{Epoch: m.Epoch, Role: n.peerRole, StartAsBackup: n.peerBackup, Ping: m.Ping, Pong: m.Pong})
+	if s.peerRole.Valid() {
+		n.rm.PeerMessage(now, PeerMsg{Epoch: m.Epoch, Role: s.peerRole, StartAsBackup: s.peerBackup, Ping: m.Ping, Pong: m.Pong})
 	}
 	role := n.rm.Role()
 	n.mu.Unlock()

@@ -186,6 +186,7 @@ type Stack struct {
 	transport atomic.Pointer[transportBox]
 	tcp       *tcpTable
 	hold      atomic.Pointer[holdSpec]
+	lease     atomic.Pointer[leaseSpec]
 	ipID      atomic.Uint32
 	pool      sync.Pool // of *packet
 
