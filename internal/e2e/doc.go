@@ -12,7 +12,7 @@
 // Everything is torn down by t.Cleanup, failed or not.
 //
 // The tests need root (they skip otherwise) and the Debian packages iproute2
-// (ip) and nftables (nft, for the loss tests). tcpdump is not needed.
+// (ip) and nftables (nft, for the loss tests); tcpdump only for RFSIS_E2E_PCAP.
 //
 // Environment knobs, for diagnosing a failure:
 //
@@ -21,6 +21,14 @@
 //	RFSIS_E2E_RACE_SERVER=1 build the echo server with -race as well
 //	RFSIS_E2E_ECHOSERVER=path  use this echoserver binary instead of building
 //	                        one (say, built from another checkout)
+//	RFSIS_E2E_PCAP=dir      tcpdump the client's eth0 and node0's uplink
+//	                        into dir/<test>-{client,node0}.pcap (headers)
+//	RFSIS_E2E_SS=1          log the client kernel's `ss -tino` every 5 s
+//	                        in the loss and slow-reader tests
+//	                        (RFSIS_E2E_SS=500ms: at that interval)
+//	RFSIS_E2E_BASELINE=1    run the *KernelBaseline tests: the loss and
+//	                        slow-reader workloads against a kernel echo
+//	                        server, for comparison
 //	RFSIS_E2E_SHORT=1       smaller transfers (same as go test -short)
 //
 // Run with: go test -race -count=1 -v ./internal/e2e

@@ -133,7 +133,7 @@ func TestEchoManyConcurrent(t *testing.T) {
 	require.NoError(t, err, "dialing %d connections", conns)
 
 	start := time.Now()
-	var total [100_000]int64
+	total := make([]int64, conns)
 	err = runConcurrent(conns, func(i int) error {
 		n, err := echoMessages(cs[i], newRand(seed+uint64(i)), msgs, maxSize)
 		total[i] = n
@@ -151,11 +151,12 @@ func TestEchoManyConcurrent(t *testing.T) {
 	})
 	elapsed := time.Since(start)
 	var sum int64
-	for _, n := range total[:conns] {
+	for _, n := range total {
 		sum += n
 	}
 	t.Logf("echoed %d bytes each way in %v (%s each way)", sum, elapsed.Round(time.Millisecond), mbps(sum, elapsed))
 	require.NoError(t, err)
+	requireNoPAWSDrops(t, s)
 }
 
 // TestBulkBothWays sends 64 MiB on one connection while reading the echo
@@ -173,6 +174,7 @@ func TestBulkBothWays(t *testing.T) {
 	elapsed := time.Since(start)
 	require.NoError(t, err, "bulk echo of %d bytes, seed %d", size, seed)
 	t.Logf("%d MiB each way in %v: %s each way", size>>20, elapsed.Round(time.Millisecond), mbps(size, elapsed))
+	requireNoPAWSDrops(t, s)
 }
 
 // TestBulkSlowReader: the client reads the echo slowly, so the server's
@@ -181,6 +183,11 @@ func TestBulkBothWays(t *testing.T) {
 // cleanly.
 func TestBulkSlowReader(t *testing.T) {
 	s := startEchoServer(t)
+	runSlowReader(t, s)
+	requireNoPAWSDrops(t, s)
+}
+
+func runSlowReader(t *testing.T, s *echoServer) {
 	const size = 4 << 20
 	seed := uint64(time.Now().UnixNano())
 	c := s.mustDial(t, 60*time.Second)
@@ -200,6 +207,8 @@ func TestBulkSlowReader(t *testing.T) {
 		}
 		werr <- c.CloseWrite()
 	}()
+	stopSampling := sampleSS(t, s)
+	defer stopSampling()
 	start := time.Now()
 	// 8 KiB every 2 ms is at most 4 MB/s: well below what the path can do.
 	rerr := readStream(c, size, seed, 8<<10, 2*time.Millisecond)

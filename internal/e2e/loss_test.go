@@ -16,6 +16,12 @@ import (
 // plus one bulk connection, all at once) while the switch drops a random
 // share of the frames it forwards, both directions. Everything must arrive
 // byte-exact: loss may only cost time.
+//
+// The switch drops whole frames as the bridge forwards them, and with TSO
+// and GRO on the TAP and the veths a frame is often a TCP super-segment (up
+// to 64 KiB), so a drop can take out a whole flight at once: harsher than
+// per-MSS loss. The kernel-to-kernel numbers on the same path are
+// TestUnderLossKernelBaseline (RFSIS_E2E_BASELINE=1).
 func TestUnderLoss(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -55,14 +61,18 @@ func runLossWorkload(t *testing.T, s *echoServer, percent float64) {
 	require.NoError(t, s.tp.SetLoss(percent))
 	t.Cleanup(func() { s.tp.ClearLoss() })
 
+	stopSampling := sampleSS(t, s)
+	defer stopSampling()
 	start := time.Now()
 	var bulkErr error
+	var bulkElapsed time.Duration
 	bulkDone := make(chan struct{})
 	go func() {
 		defer close(bulkDone)
 		bulkErr = bulkEcho(bulkConn, bulk, seed, 64<<10)
+		bulkElapsed = time.Since(start)
 	}()
-	var total [1000]int64
+	total := make([]int64, conns)
 	msgErr := runConcurrent(conns, func(i int) error {
 		n, err := echoMessages(cs[i], newRand(seed+uint64(i)+1), msgs, maxSize)
 		total[i] = n
@@ -70,15 +80,18 @@ func runLossWorkload(t *testing.T, s *echoServer, percent float64) {
 	})
 	msgElapsed := time.Since(start)
 	<-bulkDone
-	bulkElapsed := time.Since(start)
 
 	var sum int64
-	for _, n := range total[:conns] {
+	for _, n := range total {
 		sum += n
 	}
 	t.Logf("messages: %d bytes each way in %v (%s); bulk: %d MiB each way in %v (%s)",
 		sum, msgElapsed.Round(time.Millisecond), mbps(sum, msgElapsed),
 		bulk>>20, bulkElapsed.Round(time.Millisecond), mbps(bulk, bulkElapsed))
+	if s.proc != nil {
+		t.Logf("client kernel: %d segments from the stack dropped as PAWS-old, %d retransmitted by the client",
+			kernelCounter(t, s.tp.Client(), "TcpExtPAWSEstab"), kernelCounter(t, s.tp.Client(), "TcpRetransSegs"))
+	}
 	require.NoError(t, msgErr, "message connections under %v%% loss, seed %d", percent, seed)
 	require.NoError(t, bulkErr, "bulk connection under %v%% loss, seed %d", percent, seed)
 }

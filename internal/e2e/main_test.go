@@ -17,11 +17,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -72,8 +74,12 @@ func buildEchoServer(out string) error {
 	if err != nil {
 		return fmt.Errorf("go env GOMOD: %w", err)
 	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	args := []string{"build", "-o", out}
+	mod := strings.TrimSpace(string(gomod))
+	if mod == "" || mod == os.DevNull {
+		return errors.New("not inside the rfsis module (go env GOMOD is empty); run the tests with go test")
+	}
+	root := filepath.Dir(mod)
+	args := []string{"build", "-buildvcs=false", "-o", out}
 	if os.Getenv("RFSIS_E2E_RACE_SERVER") != "" {
 		args = append(args, "-race")
 	}
@@ -94,6 +100,10 @@ func requireBinary(t *testing.T) {
 
 // short reports whether transfers should be scaled down.
 func short() bool { return testing.Short() || os.Getenv("RFSIS_E2E_SHORT") != "" }
+
+// readyLine is what the echo server logs once it answers on the service
+// address.
+const readyLine = "serving the service address"
 
 // echoPort is the echo server's port in every test.
 const echoPort = 8080
@@ -122,6 +132,9 @@ func writeConfig(t *testing.T, tp *netns.Topology) string {
 		"debug_mode":      os.Getenv("RFSIS_E2E_DEBUG") != "",
 		"tap_device_name": netns.NodeTAP,
 		"main_heartbeats": false,
+		// The node-to-node channel is authenticated; nothing uses it
+		// here (one node), but the configuration must be complete.
+		"sync_key": "rfsis-e2e-test-shared-secret",
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	require.NoError(t, err)
@@ -135,16 +148,111 @@ func writeConfig(t *testing.T, tp *netns.Topology) string {
 // test failed, logs the end of its output.
 func startEchoServer(t *testing.T) *echoServer {
 	t.Helper()
+	tp := netns.New(t, netns.Options{Nodes: 1}) // skips when not root
 	requireBinary(t)
-	tp := netns.New(t, netns.Options{Nodes: 1})
 	path := writeConfig(t, tp)
+	t.Cleanup(func() {
+		if t.Failed() {
+			logKernelCounters(t, tp.Client())
+		}
+	})
+	capture(t, tp.Client(), netns.HostLink)
+	capture(t, tp.Node(0), netns.NodeUplink)
 	p, err := tp.Node(0).Start(context.Background(), echoserverBin, "-config", path)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	require.NoError(t, p.WaitOutput(ctx, "echo server listening"))
+	// The listener is up before the node may answer on the service
+	// address: a main first makes sure no peer holds it (heartbeat_timer
+	// x heartbeat_misses, 3 s here), then claims it.
+	require.NoError(t, p.WaitOutput(ctx, readyLine))
+	t.Cleanup(func() {
+		// A panic or (with RFSIS_E2E_RACE_SERVER) a data race in the server
+		// fails the test even when the clients saw nothing wrong.
+		out := p.Output()
+		for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
+			if strings.Contains(out, bad) {
+				t.Errorf("echoserver output contains %q", bad)
+			}
+		}
+	})
 	t.Logf("echoserver pid %d serving %s:%d in %s", p.Pid(), tp.ServiceAddr(), echoPort, tp.Node(0).Name())
 	return &echoServer{tp: tp, proc: p, addr: netip.AddrPortFrom(tp.ServiceAddr(), echoPort)}
+}
+
+// logKernelCounters logs the non-zero TCP and IP counters of ns's kernel
+// (nstat, from iproute2): why the client dropped or retransmitted.
+func logKernelCounters(t *testing.T, ns *netns.NS) {
+	out, err := ns.Run("nstat", "-as")
+	if err != nil {
+		t.Logf("nstat in %s: %v", ns.Role(), err)
+		return
+	}
+	var keep []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "Tcp") || strings.HasPrefix(line, "IpExt") {
+			keep = append(keep, line)
+		}
+	}
+	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), strings.Join(keep, "\n"))
+}
+
+// kernelCounter reads one counter of ns's kernel by its nstat name, such
+// as "TcpExtPAWSEstab".
+func kernelCounter(t *testing.T, ns *netns.NS, name string) uint64 {
+	t.Helper()
+	out, err := ns.Run("nstat", "-asz", name)
+	require.NoError(t, err)
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == name {
+			n, err := strconv.ParseUint(f[1], 10, 64)
+			require.NoError(t, err, "nstat line %q", line)
+			return n
+		}
+	}
+	t.Fatalf("nstat in %s has no counter %s:\n%s", ns.Role(), name, out)
+	return 0
+}
+
+// requireNoPAWSDrops checks that the client kernel never discarded one of
+// the stack's segments as an old duplicate because its timestamp went
+// backwards (RFC 7323 PAWS): each such drop costs a retransmission, and a
+// FIN or data lost that way at shutdown is never recovered.
+func requireNoPAWSDrops(t *testing.T, s *echoServer) {
+	t.Helper()
+	n := kernelCounter(t, s.tp.Client(), "TcpExtPAWSEstab")
+	assert.Zero(t, n, "client kernel dropped %d segments of the stack as PAWS-old "+
+		"(TSval not monotonic per connection on the wire)", n)
+}
+
+// capture, when RFSIS_E2E_PCAP names a directory, runs tcpdump on dev in
+// ns for the rest of the test, writing <dir>/<test>-<ns role>.pcap. The
+// client's eth0 and node0's uplink are captured, so a frame the switch
+// dropped shows in one file and not the other.
+func capture(t *testing.T, ns *netns.NS, dev string) {
+	t.Helper()
+	dir := os.Getenv("RFSIS_E2E_PCAP")
+	if dir == "" {
+		return
+	}
+	netns.RequireTools(t, "tcpdump")
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + ns.Role() + ".pcap"
+	file := filepath.Join(dir, name)
+	p, err := ns.Start(context.Background(), "tcpdump", "-Z", "root", "-i", dev, "-U", "--immediate-mode", "-s", "128", "-w", file)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, p.WaitOutput(ctx, "listening on"))
+	t.Cleanup(func() {
+		p.Signal(os.Interrupt)
+		select {
+		case <-p.Done():
+		case <-time.After(5 * time.Second):
+		}
+		t.Logf("capture: %s: %s", file, p.Output())
+	})
 }
 
 // dial connects from the client namespace's kernel to the echo server. The
