@@ -488,6 +488,17 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 	if !c.acceptable(seg) {
 		if !rst {
 			c.ackNow = true
+			// RFC 9293 3.10.7.4: with our window at zero nothing is
+			// acceptable, but valid ACKs must still be processed (the
+			// peer's window probes carry them), or we resend what the
+			// peer already has.
+			if c.advertisedWindow() == 0 && seg.Flags&FlagACK != 0 && c.state.synchronized() &&
+				!seg.Ack.Greater(c.sndNxt) && !seg.Ack.Less(c.sndUna-Seq(c.maxSndWnd)) {
+				ackOnly := *seg
+				ackOnly.Payload = nil
+				ackOnly.Flags &^= FlagFIN | FlagSYN
+				c.processAck(now, &ackOnly)
+			}
 		}
 		return
 	}
@@ -766,9 +777,11 @@ func (c *Conn) processAck(now time.Time, seg *Segment) {
 	// window change, data outstanding.
 	// With SACK, only an ACK that SACKs new data counts (RFC 6675 section
 	// 2): a D-SACK for a duplicate we sent is no news of a loss, and
-	// counting it feeds a storm of spurious retransmissions.
+	// counting it feeds a storm of spurious retransmissions. Such an ACK
+	// counts even when the window changed: Linux's grows on almost every
+	// ACK, and the strict RFC 5681 rule would then never fire.
 	if ack == c.sndUna && len(seg.Payload) == 0 && seg.Flags&(FlagSYN|FlagFIN) == 0 &&
-		!windowChanged && c.sndNxt != c.sndUna && (!c.sackOK || seg.NumSACK == 0 || newlySACKed) {
+		(!windowChanged || newlySACKed) && c.sndNxt != c.sndUna && (!c.sackOK || seg.NumSACK == 0 || newlySACKed) {
 		c.onDupAck()
 	}
 }

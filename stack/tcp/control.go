@@ -84,10 +84,11 @@ func (c *Conn) onDupAck() {
 		return
 	}
 	// Enter recovery on three duplicates, or, with SACK, when more than
-	// three segments' worth above SND.UNA have been SACKed (RFC 6675).
+	// (DupThresh-1) segments' worth above SND.UNA have been SACKed (RFC
+	// 6675's IsLost).
 	// After a timeout, duplicates for data sent before it do not count
 	// (RFC 6582 section 4.1, the "recover" guard).
-	if c.dupAcks < 3 && !(c.sackOK && c.sackedBytes() > 3*mss) {
+	if c.dupAcks < 3 && !(c.sackOK && c.sackedBytes() > 2*mss) {
 		return
 	}
 	if c.sndUna.Less(c.recover) && c.dupAcks < 3 {

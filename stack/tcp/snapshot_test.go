@@ -15,7 +15,7 @@ import (
 // byte for byte.
 func TestSnapshotResumesMidTransfer(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
-	s.drop = lossy(11, 0.03)
+	s.drop = lossy(11, 0.08)
 	up := randomBytes(21, 600_000)
 	down := randomBytes(22, 600_000)
 	restUp, restDown := up, down
