@@ -241,6 +241,9 @@ func (n *Node) applyReady(now time.Time) error {
 	if rd.StandDown {
 		n.stats.StandDowns.Add(1)
 		n.stoodDown.Store(true)
+		if sess != nil {
+			sess.c.Close() // nothing queued may leave now
+		}
 		n.st.Hold(n.svc, 0)
 		n.st.RemoveAddress(n.svc)
 		n.log.Error("standing down: the other node serves in a higher epoch; exiting", "epoch", rd.Epoch)
@@ -326,8 +329,15 @@ func (n *Node) unprotect() {
 	n.mu.Lock()
 	mains := n.mains
 	n.mains = make(map[tcp.FourTuple]*mainConn)
+	sess := n.sess
 	n.mu.Unlock()
+	if sess != nil {
+		// A backup that comes back must start a new session, in which it
+		// drops its copies of connections that now run unprotected.
+		sess.c.Close()
+	}
 	for _, m := range mains {
+		m.r.Value.Store((*mainConn)(nil)) // not replicated any more
 		m.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
 	}
 	n.log.Warn("backup lost: serving unprotected", "connections", len(mains))
@@ -341,13 +351,24 @@ func (n *Node) protect() {
 
 // --- The sync connection ---
 
+// syncTCP is the sync connection's TCP configuration. Heartbeats share it
+// with replication, so a lost frame must be resent in a few milliseconds,
+// not after Linux-like 200 ms minimum timeouts: the detection window can
+// be 30 ms. Both ends are ours and sit on one LAN, so LAN timers are safe.
+var syncTCP = tcp.Config{
+	NoDelay:    true,
+	MinRTO:     5 * time.Millisecond,
+	InitialRTO: 50 * time.Millisecond,
+	DelayedACK: time.Millisecond,
+}
+
 // connectLoop keeps one sync session up: the node configured as backup
 // dials, the other listens.
 func (n *Node) connectLoop(ctx context.Context) {
 	if n.cfg.Backup {
 		for ctx.Err() == nil {
 			dctx, cancel := context.WithTimeout(ctx, max(n.cfg.HeartbeatTimer*time.Duration(n.cfg.HeartbeatMisses), time.Second))
-			c, err := n.st.DialTCP(dctx, n.own, netip.AddrPortFrom(n.peer, n.cfg.SyncPort))
+			c, err := n.st.DialTCPConfig(dctx, n.own, netip.AddrPortFrom(n.peer, n.cfg.SyncPort), syncTCP)
 			cancel()
 			if err != nil {
 				select {
@@ -362,7 +383,9 @@ func (n *Node) connectLoop(ctx context.Context) {
 		}
 		return
 	}
-	l, err := n.st.ListenTCP(netip.AddrPortFrom(n.own, n.cfg.SyncPort), stack.ListenConfig{Backlog: 4})
+	lcfg := syncTCP
+	lcfg.MSS = 0 // the stack's
+	l, err := n.st.ListenTCP(netip.AddrPortFrom(n.own, n.cfg.SyncPort), stack.ListenConfig{Backlog: 4, TCP: lcfg})
 	if err != nil {
 		n.log.Error("sync listener", "err", err)
 		return
@@ -478,10 +501,21 @@ func (s *session) writeLoop() {
 		q := s.queue
 		s.queue = nil
 		s.mu.Unlock()
+		if s.n.stoodDown.Load() {
+			s.c.Close() // a stood-down node sends nothing more
+			return
+		}
+		role, epoch := s.n.Role()
 		buf = buf[:0]
 		for i := range q {
 			m := &q[i].m
-			m.Epoch = s.n.epoch()
+			if isReplication(m.Type) && role != RoleMain {
+				// Queued while this node replicated; it no longer does
+				// (it lost its backup, or its role): the peer must not
+				// take them for a main's.
+				continue
+			}
+			m.Epoch = epoch
 			var err error
 			buf, err = s.codec.Enc.AppendFrame(buf, m)
 			if err != nil {
@@ -503,10 +537,8 @@ func (s *session) writeLoop() {
 	}
 }
 
-func (n *Node) epoch() uint64 {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.rm.Epoch()
+func isReplication(t MsgType) bool {
+	return t == MsgOpen || t == MsgIn || t == MsgOut || t == MsgAcked || t == MsgClose
 }
 
 func (s *session) readLoop() {
@@ -569,15 +601,36 @@ func (s *session) handle(m *Message) error {
 		s.peerRole = Role(m.Role)
 		s.peerBackup = m.StartAsBackup
 	}
+	var stale []*backupConn
+	var detached []*mainConn
 	if n.sess != s {
 		n.sess = s
 		n.rm.PeerConnected(now)
+		// A new session starts from nothing: the backup drops the copies
+		// of the old one, and the main stops replicating connections it
+		// opened before (they carry on unprotected); those opened from
+		// now on are replicated.
+		for _, b := range n.standbys {
+			stale = append(stale, b)
+		}
+		n.standbys = make(map[tcp.FourTuple]*backupConn)
+		for _, m := range n.mains {
+			detached = append(detached, m)
+		}
+		n.mains = make(map[tcp.FourTuple]*mainConn)
 	}
 	if s.peerRole.Valid() {
 		n.rm.PeerMessage(now, PeerMsg{Epoch: m.Epoch, Role: s.peerRole, StartAsBackup: s.peerBackup, Ping: m.Ping, Pong: m.Pong})
 	}
 	role := n.rm.Role()
 	n.mu.Unlock()
+	for _, b := range stale {
+		b.sb.Drop()
+	}
+	for _, m := range detached {
+		m.r.Value.Store((*mainConn)(nil))
+		m.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+	}
 
 	switch m.Type {
 	case MsgSyncAck:

@@ -76,7 +76,7 @@ func Default() Config {
 		Lifetime:      30 * time.Second,
 		RetryInterval: time.Second,
 		Retries:       3,
-		QueueLen:      16,
+		QueueLen:      512, // a takeover sends hundreds of frames to a client it never spoke to
 		MaxEntries:    1024,
 	}}
 }

@@ -506,6 +506,18 @@ func (s *Stack) tcpTable() *tcpTable { return s.tcp }
 // DialTCP opens a connection from local (one of the stack's addresses) to
 // remote, waiting for the handshake until ctx is done.
 func (s *Stack) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (*Conn, error) {
+	return s.DialTCPConfig(ctx, local, remote, s.tcp.cfg)
+}
+
+// DialTCPConfig is DialTCP with the connection's TCP configuration; zero
+// fields take the stack's defaults' values.
+func (s *Stack) DialTCPConfig(ctx context.Context, local netip.Addr, remote netip.AddrPort, cfg tcp.Config) (*Conn, error) {
+	if cfg.MSS == 0 {
+		cfg.MSS = s.tcp.cfg.MSS
+	}
+	if cfg.GSOMaxSize == 0 {
+		cfg.GSOMaxSize = s.tcp.cfg.GSOMaxSize
+	}
 	opErr := func(err error) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0)),
 			Addr: net.TCPAddrFromAddrPort(remote), Err: err}
@@ -513,7 +525,7 @@ func (s *Stack) DialTCP(ctx context.Context, local netip.Addr, remote netip.Addr
 	if !s.HasAddress(local) {
 		return nil, opErr(ErrAddrNotOwned)
 	}
-	c, err := s.tcp.dial(ctx, local, remote, s.tcp.cfg)
+	c, err := s.tcp.dial(ctx, local, remote, cfg)
 	if err != nil {
 		return nil, opErr(err)
 	}

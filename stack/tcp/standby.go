@@ -221,6 +221,12 @@ func (c *Conn) GoLive(now time.Time, sent Seq, dupAcks int) error {
 	c.sacked = c.sacked[:0]
 	c.retries = 0
 	c.tsOffset += takeoverTSMargin
+	if c.srtt == 0 {
+		// A standby never sampled the round trip: its RTO is still the
+		// handshake's initial one (1 s). The pair shares a LAN with the
+		// client, so start from the minimum and let samples raise it.
+		c.rto = c.cfg.MinRTO
+	}
 	if c.sndUna != c.sndNxt {
 		c.rtoAt = now.Add(c.rto)
 	}

@@ -1,0 +1,157 @@
+//go:build linux
+
+package takeover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The tests in this file are about the pair recovering its protection
+// while clients are connected: a backup restarted after a crash, and a
+// backup that stalls long enough for the main to drop it and then comes
+// back. Neither may cost the main's clients anything, and a main that
+// dies afterwards must not hand them a stale copy of their connection.
+
+// TestBackupRestartWhileMainServes restarts a crashed backup, as a
+// supervisor would, while the main serves clients unprotected. The new
+// backup process must join the running main (the main logs "backup
+// joined" again) and must not take the service over from it: if it did,
+// the main would stand down and every connection it served would die.
+// The connections the main served meanwhile stay unprotected, and must
+// not notice the rejoin at all.
+//
+// Two ways this goes wrong. A backup that has never heard the main takes
+// over after one detection window (30 ms here), and its only way to hear
+// the main is its sync connection, whose first ARP and SYN are retried
+// only after the stack's 1 s SYN timeout: a single frame lost at start-up
+// (here, one sent before the kernel has put the freshly attached TAP's
+// bridge port into forwarding) makes it take over a live main. And once
+// the backup has joined, the main must leave the connections it served
+// unprotected alone: replicating them from where their replication
+// stopped is impossible (the bytes are gone) and must not load the main
+// until it misses heartbeats.
+func TestBackupRestartWhileMainServes(t *testing.T) {
+	p := startPair(t)
+	w := startWorkload(t, p, defaultWorkload)
+	time.Sleep(warmup)
+	requireStillPaired(t, p, "after the warm-up")
+
+	require.NoError(t, p.backup.Kill())
+	waitOutput(t, p.main, takeoverWait, logUnprotected)
+	<-p.backup.Done()
+
+	// The same configuration, at once.
+	restarted := time.Now()
+	proc, err := p.tp.Node(1).Start(context.Background(), echoserverBin, "-config", writeConfig(t, p.tp, true))
+	require.NoError(t, err)
+	p.backup = proc
+
+	// Whichever comes first: the main protected again, or the new backup
+	// serving (the failure).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var rejoined bool
+	for !rejoined {
+		if strings.Contains(p.backup.Output(), logTookOver) {
+			break
+		}
+		rejoined = strings.Count(p.main.Output(), logProtected) >= 2
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the restarted backup neither joined nor took over within 10 s")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	assert.True(t, rejoined, "the restarted backup took the service over from the live main %v after its start "+
+		"instead of joining it (backup log:\n%s)", time.Since(restarted).Round(time.Millisecond), p.backup.Output())
+	if rejoined {
+		t.Logf("the restarted backup joined the main %v after its start", time.Since(restarted).Round(time.Millisecond))
+	}
+
+	// Either way, the connections the main serves must go on untouched.
+	time.Sleep(afterTakeover)
+	rs := w.finish(t, drain)
+	requireClean(t, rs, restarted)
+	requireNoResets(t, p)
+	assert.NotContains(t, p.main.Output(), logStandDown, "the main stood down")
+}
+
+// TestBackupPauseThenKillMain stalls the backup (SIGSTOP) long enough for
+// the main to declare it lost and serve unprotected, resumes it (the main
+// reports it joined again), then kills the main.
+//
+// From the moment the main serves unprotected, the backup's copies of the
+// connections then open are stale: the main no longer replicates them
+// ("connections opened from now on are protected"). When the main dies,
+// those connections cannot be carried on, but they must end cleanly for
+// their clients (a reset or an EOF): never a hang, never a lost,
+// duplicated or wrong byte, which is what a stale copy going live would
+// give. Connections opened after the backup rejoined are protected and
+// must come through the kill like in TestKillMain.
+func TestBackupPauseThenKillMain(t *testing.T) {
+	p := startPair(t)
+	old := startWorkload(t, p, defaultWorkload)
+	time.Sleep(warmup)
+	requireStillPaired(t, p, "after the warm-up")
+
+	require.NoError(t, p.backup.Stop())
+	waitOutput(t, p.main, takeoverWait, logUnprotected)
+	// A little traffic while unprotected, so the copies really are stale.
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, p.backup.Cont())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for strings.Count(p.main.Output(), logProtected) < 2 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the backup did not rejoin within 10 s of SIGCONT")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	require.NotContains(t, p.backup.Output(), logTookOver, "the paused backup took over on waking up")
+
+	fresh := startWorkload(t, p, workloadConfig{Steady: 10, LineSize: 32, Interval: 10 * time.Millisecond, Life: 60 * time.Second})
+	time.Sleep(warmup)
+	fault := time.Now()
+	require.NoError(t, crash(p.main))
+	waitOutput(t, p.backup, takeoverWait, logTookOver)
+	time.Sleep(afterTakeover)
+
+	// finish waits for every connection; a stale copy that hangs its
+	// client is cut after a few seconds (they all hang together, and the
+	// fresh connections have drained by then) and reported below.
+	freshRes := fresh.finish(t, drain)
+	oldRes := old.finish(t, 3*time.Second)
+	requireClean(t, freshRes, fault)
+	var bad []string
+	ended := 0
+	for _, r := range oldRes {
+		switch {
+		case r.Err == nil:
+		case endedCleanly(r.Err):
+			ended++
+		default:
+			bad = append(bad, fmt.Sprintf("%s: %v", r.Name, r.Err))
+		}
+	}
+	t.Logf("connections opened before the backup's stall: %d carried on, %d ended cleanly, %d failed",
+		len(oldRes)-ended-len(bad), ended, len(bad))
+	assert.Empty(t, bad, "connections served unprotected must survive intact or end with a reset or EOF; "+
+		"a hang or a wrong byte means a stale copy went live")
+}
+
+// endedCleanly reports whether err is a connection ending its client can
+// act on at once: a reset. (An EOF short of the bytes sent is not: the
+// client would take it for an orderly end and lose data silently.)
+func endedCleanly(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
