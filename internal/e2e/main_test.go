@@ -14,9 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,9 +23,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/zppratt/rfsis/internal/netns"
+	"github.com/zppratt/rfsis/internal/progtest"
 )
 
 // echoserverBin is the echo server built by TestMain; buildErr is why not.
@@ -36,60 +34,7 @@ var (
 	buildErr      error
 )
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rfsis-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		os.Exit(1)
-	}
-	if bin := os.Getenv("RFSIS_E2E_ECHOSERVER"); bin != "" {
-		echoserverBin = bin
-	} else {
-		echoserverBin = filepath.Join(dir, "echoserver")
-		buildErr = buildEchoServer(echoserverBin)
-	}
-	code := m.Run()
-	if code == 0 {
-		// Not goleak.VerifyTestMain: it exits itself, and the binary's
-		// directory must be removed first.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e: goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
-// buildEchoServer builds ./cmd/echoserver of this module into out.
-func buildEchoServer(out string) error {
-	gomod, err := exec.Command(goTool(), "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(gomod))
-	if mod == "" || mod == os.DevNull {
-		return errors.New("not inside the rfsis module (go env GOMOD is empty); run the tests with go test")
-	}
-	root := filepath.Dir(mod)
-	args := []string{"build", "-buildvcs=false", "-o", out}
-	if os.Getenv("RFSIS_E2E_RACE_SERVER") != "" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command(goTool(), append(args, "./cmd/echoserver")...)
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/echoserver in %s: %w\n%s", root, err, b)
-	}
-	return nil
-}
+func TestMain(m *testing.M) { progtest.Main(m, "RFSIS_E2E", &echoserverBin, &buildErr) }
 
 func requireBinary(t *testing.T) {
 	t.Helper()

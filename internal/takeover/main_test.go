@@ -8,10 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -19,9 +17,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/zppratt/rfsis/internal/netns"
+	"github.com/zppratt/rfsis/internal/progtest"
 )
 
 // echoserverBin is the echo server built by TestMain; buildErr is why not.
@@ -30,58 +28,7 @@ var (
 	buildErr      error
 )
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rfsis-takeover-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "takeover:", err)
-		os.Exit(1)
-	}
-	if bin := os.Getenv("RFSIS_TAKEOVER_ECHOSERVER"); bin != "" {
-		echoserverBin = bin
-	} else {
-		echoserverBin = filepath.Join(dir, "echoserver")
-		buildErr = buildEchoServer(echoserverBin)
-	}
-	code := m.Run()
-	if code == 0 {
-		// Not goleak.VerifyTestMain: it exits itself, and the binary's
-		// directory must be removed first.
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "takeover: goroutine leak:", err)
-			code = 1
-		}
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
-
-// buildEchoServer builds ./cmd/echoserver of this module into out: the
-// tests run the real program, as an operator would, so that kill -9 and
-// SIGSTOP hit a whole process with its own stack.
-func buildEchoServer(out string) error {
-	gomod, err := exec.Command(goTool(), "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	args := []string{"build", "-o", out}
-	if os.Getenv("RFSIS_TAKEOVER_RACE_SERVER") != "" {
-		args = append(args, "-race")
-	}
-	cmd := exec.Command(goTool(), append(args, "./cmd/echoserver")...)
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/echoserver in %s: %w\n%s", root, err, b)
-	}
-	return nil
-}
+func TestMain(m *testing.M) { progtest.Main(m, "RFSIS_TAKEOVER", &echoserverBin, &buildErr) }
 
 // Log lines the tests wait for, as failover/node.go and cmd/echoserver
 // write them.
