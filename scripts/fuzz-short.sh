@@ -37,10 +37,30 @@ if ((${#targets[@]} == 0)); then
 	exit 0
 fi
 
+# Go 1.26's fuzz coordinator can fail a target with a bare "context
+# deadline exceeded" when -fuzztime expires under CPU load, writing no
+# failing input (go.dev/issue/75804, fixed in Go 1.27). A real finding
+# always writes its input under testdata/fuzz, so only that fails the run;
+# the deadline flake is retried, and tolerated with a warning if it
+# persists.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 echo "fuzz-short: ${#targets[@]} target(s), $fuzztime each"
 for t in "${targets[@]}"; do
 	pkg=${t% *}
 	name=${t#* }
-	echo "fuzz-short: $pkg $name"
-	go test "$pkg" -run='^$' -fuzz="^${name}\$" -fuzztime="$fuzztime"
+	for try in 1 2 3; do
+		echo "fuzz-short: $pkg $name"
+		if go test "$pkg" -run='^$' -fuzz="^${name}\$" -fuzztime="$fuzztime" 2>&1 | tee "$log"; test "${PIPESTATUS[0]}" -eq 0; then
+			break
+		fi
+		if grep -q "Failing input written to\|panic:" "$log" || ! grep -q "context deadline exceeded" "$log"; then
+			echo "fuzz-short: $name failed"
+			exit 1
+		fi
+		echo "fuzz-short: $name: fuzz engine deadline flake (go.dev/issue/75804), no failing input; try $try of 3"
+		if [ "$try" = 3 ]; then
+			echo "fuzz-short: WARNING: $name hit the deadline flake three times; no input failed"
+		fi
+	done
 done
