@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -129,36 +128,20 @@ func startEchoServer(t *testing.T) *echoServer {
 // logKernelCounters logs the non-zero TCP and IP counters of ns's kernel
 // (nstat, from iproute2): why the client dropped or retransmitted.
 func logKernelCounters(t *testing.T, ns *netns.NS) {
-	out, err := ns.Run("nstat", "-as")
+	out, err := ns.KernelCounters("Tcp", "IpExt")
 	if err != nil {
 		t.Logf("nstat in %s: %v", ns.Role(), err)
 		return
 	}
-	var keep []string
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "Tcp") || strings.HasPrefix(line, "IpExt") {
-			keep = append(keep, line)
-		}
-	}
-	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), strings.Join(keep, "\n"))
+	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), out)
 }
 
-// kernelCounter reads one counter of ns's kernel by its nstat name, such
-// as "TcpExtPAWSEstab".
+// kernelCounter reads one counter of ns's kernel by its nstat name.
 func kernelCounter(t *testing.T, ns *netns.NS, name string) uint64 {
 	t.Helper()
-	out, err := ns.Run("nstat", "-asz", name)
+	n, err := ns.KernelCounter(name)
 	require.NoError(t, err)
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == name {
-			n, err := strconv.ParseUint(f[1], 10, 64)
-			require.NoError(t, err, "nstat line %q", line)
-			return n
-		}
-	}
-	t.Fatalf("nstat in %s has no counter %s:\n%s", ns.Role(), name, out)
-	return 0
+	return n
 }
 
 // requireNoPAWSDrops checks that the client kernel never discarded one of

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -246,37 +245,20 @@ func waitExit(t *testing.T, proc *netns.Process, d time.Duration) error {
 // logKernelCounters logs the non-zero TCP counters of ns's kernel (nstat,
 // from iproute2): what the client retransmitted, reset or dropped.
 func logKernelCounters(t *testing.T, ns *netns.NS) {
-	out, err := ns.Run("nstat", "-as")
+	out, err := ns.KernelCounters("Tcp")
 	if err != nil {
 		t.Logf("nstat in %s: %v", ns.Role(), err)
 		return
 	}
-	var keep []string
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "Tcp") {
-			keep = append(keep, line)
-		}
-	}
-	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), strings.Join(keep, "\n"))
+	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), out)
 }
 
-// kernelCounter reads one counter of ns's kernel by its nstat name. The
-// counters are per network namespace, and the client namespace is new for
-// every test, so they count this test's traffic only.
+// kernelCounter reads one counter of ns's kernel by its nstat name.
 func kernelCounter(t *testing.T, ns *netns.NS, name string) uint64 {
 	t.Helper()
-	out, err := ns.Run("nstat", "-asz", name)
+	n, err := ns.KernelCounter(name)
 	require.NoError(t, err)
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == name {
-			n, err := strconv.ParseUint(f[1], 10, 64)
-			require.NoError(t, err, "nstat line %q", line)
-			return n
-		}
-	}
-	t.Fatalf("nstat in %s has no counter %s:\n%s", ns.Role(), name, out)
-	return 0
+	return n
 }
 
 // requireNoResets checks the client kernel's view: no established
