@@ -63,14 +63,17 @@ func testLogger(t *testing.T, name string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 }
 
-func TestFailoverKeepsConnections(t *testing.T) {
+// pairUp starts a main and a backup running echoApp and a client stack
+// on an in-memory hub, and waits until the main is protected.
+func pairUp(t *testing.T) (hub *pipe.Hub, client *stack.Stack, mainNode, backupNode *rfsis.Node, killMain func()) {
 	hub, devs := pipe.NewHub(3, 1500)
 	t.Cleanup(hub.Close)
 	ccfg := stack.Default()
 	ccfg.Addr = clientAddr
 	ccfg.Prefix = netip.MustParsePrefix("10.77.3.0/24")
 	ccfg.MAC = net.HardwareAddr{2, 0, 0, 0, 3, 10}
-	client, err := stack.New(devs[0], ccfg)
+	var err error
+	client, err = stack.New(devs[0], ccfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { client.Close() })
 
@@ -90,7 +93,6 @@ func TestFailoverKeepsConnections(t *testing.T) {
 		<-mainDone
 		<-backupDone
 	})
-	var mainNode, backupNode *rfsis.Node
 	for range 2 {
 		n := <-nodes
 		if n.Config().Backup {
@@ -105,6 +107,11 @@ func TestFailoverKeepsConnections(t *testing.T) {
 		return r == failover.RoleMain
 	}, 5*time.Second, 5*time.Millisecond, "main never saw its backup")
 
+	return hub, client, mainNode, backupNode, killMain
+}
+
+func TestFailoverKeepsConnections(t *testing.T) {
+	hub, client, _, backupNode, killMain := pairUp(t)
 	const conns, msgs = 6, 150
 	var echoed atomic.Int64
 	errs := make(chan error, conns)

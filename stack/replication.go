@@ -163,8 +163,19 @@ func (sb *Standby) Receive(seq tcp.Seq, data []byte) (int, error) {
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
 	n, err := ep.c.StandbyReceive(seq, data)
+	if ep.appClosed {
+		ep.discardReceivedLocked() // nobody will read it
+	}
 	ep.afterLocked(time.Now())
 	return n, err
+}
+
+// discardReceivedLocked drops received bytes a closed hot-standby
+// application will never read, so they do not fill the buffer.
+func (ep *endpoint) discardReceivedLocked() {
+	var b [4096]byte
+	for ep.c.Read(b[:]) > 0 {
+	}
 }
 
 // ReceivedEnd is the end of the inbound bytes the standby holds.
@@ -233,6 +244,14 @@ func (sb *Standby) GoLive(sent tcp.Seq, dupAcks int) error {
 	if len(ep.held) > 0 {
 		n, _ := ep.c.Write(ep.held)
 		ep.held = ep.held[:copy(ep.held, ep.held[n:])]
+	}
+	// The application's held close follows its held bytes.
+	switch {
+	case ep.appClosed:
+		ep.c.CloseRead()
+		ep.c.Close(now)
+	case ep.appWriteClosed:
+		ep.c.CloseWrite(now)
 	}
 	ep.afterLocked(now)
 	return nil

@@ -179,3 +179,68 @@ func TestReplicatedEchoSurvivesMainLoss(t *testing.T) {
 	require.Zero(t, hook.diverged.Load(), "hot standby output diverged")
 	require.Zero(t, backup.TCPStats().Diverged, "hot standby writes diverged")
 }
+
+// TestStandbyAppCloseIsHeld: the backup's own application closes its copy
+// (as an echo handler does at the client's FIN) before the main's output
+// is all shipped: the main's later bytes must still apply, and the held
+// close goes out only after them, at takeover.
+func TestStandbyAppCloseIsHeld(t *testing.T) {
+	h, devs := pipe.NewHub(3, 1500)
+	t.Cleanup(h.Close)
+	svc := netip.MustParseAddr("10.77.4.1")
+	mk := func(dev *pipe.Device, addr string, mac byte) *Stack {
+		cfg := Default()
+		cfg.Addr = netip.MustParseAddr(addr)
+		cfg.Prefix = netip.MustParsePrefix("10.77.4.0/24")
+		cfg.MAC = net.HardwareAddr{0x02, 0, 0, 0, 4, mac}
+		s, err := New(dev, cfg)
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	client := mk(devs[0], "10.77.4.10", 10)
+	main := mk(devs[1], "10.77.4.2", 2)
+	backup := mk(devs[2], "10.77.4.3", 3)
+	require.NoError(t, main.AddAddress(svc))
+	ml, err := main.ListenTCP(netip.AddrPortFrom(svc, 7), ListenConfig{})
+	require.NoError(t, err)
+	bl, err := backup.ListenTCP(netip.AddrPortFrom(svc, 7), ListenConfig{})
+	require.NoError(t, err)
+	hook := &syncHook{t: t, backup: backup, l: bl}
+	main.SetReplicationHook(hook)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.DialTCP(ctx, netip.MustParseAddr("10.77.4.10"), netip.AddrPortFrom(svc, 7))
+	require.NoError(t, err)
+	defer c.Close()
+	cm, err := ml.Accept()
+	require.NoError(t, err)
+	cb, err := bl.Accept()
+	require.NoError(t, err)
+	require.NoError(t, cb.Close()) // the backup's application is done first
+
+	// The main's application writes after that: it must replicate.
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	first := []byte("written after the standby's application closed\n")
+	_, err = cm.Write(first)
+	require.NoError(t, err)
+	got := make([]byte, len(first))
+	_, err = io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.Equal(t, first, got)
+
+	// Takeover: the standby's held close follows the main's bytes.
+	h.Cut(1, true)
+	main.Close()
+	require.NoError(t, backup.AddAddress(svc))
+	require.NoError(t, backup.SendGratuitousARP(svc, 1, 0))
+	hook.mu.Lock()
+	require.Len(t, hook.standbys, 1)
+	sb := hook.standbys[0]
+	hook.mu.Unlock()
+	require.NoError(t, sb.GoLive(sb.WrittenEnd(), 5))
+	n, err := c.Read(make([]byte, 10))
+	require.Zero(t, n)
+	require.ErrorIs(t, err, io.EOF, "the held close reaches the client as a FIN")
+}

@@ -230,6 +230,14 @@ func (c *Conn) Close() error {
 		if ep.gone {
 			return
 		}
+		if ep.c.Standby() {
+			// A hot standby's application closed: the main's close is the
+			// one the client gets (it arrives as progress); this one is
+			// held until the connection goes live.
+			ep.appClosed = true
+			ep.discardReceivedLocked()
+			return
+		}
 		now := time.Now()
 		if ep.c.Readable() > 0 {
 			ep.c.Abort(now)
@@ -254,6 +262,10 @@ func (c *Conn) CloseWrite() error {
 		ep := c.ep
 		ep.mu.Lock()
 		defer ep.mu.Unlock()
+		if ep.c.Standby() {
+			ep.appWriteClosed = true // held, as Close is
+			return
+		}
 		now := time.Now()
 		ep.c.CloseWrite(now)
 		ep.afterLocked(now)

@@ -280,7 +280,10 @@ type endpoint struct {
 	replica  *Replica // when replicated (main)
 	held     []byte   // a hot standby application's writes beyond the main's
 	appNext  tcp.Seq  // where the hot standby application's next byte goes
-	cmpBuf   []byte
+	// A hot standby application's Close or CloseWrite, held until the
+	// connection goes live (the main's close is the one the client gets).
+	appClosed, appWriteClosed bool
+	cmpBuf                    []byte
 
 	// Wake-ups: buffered channels of one, signalled without blocking.
 	readable, writable chan struct{}
@@ -446,6 +449,12 @@ func (s *Stack) ListenTCP(addr netip.AddrPort, lc ListenConfig) (*Listener, erro
 	}
 	if lc.TCP == (tcp.Config{}) {
 		lc.TCP = t.cfg
+	}
+	if lc.TCP.MSS == 0 {
+		lc.TCP.MSS = t.cfg.MSS
+	}
+	if lc.TCP.GSOMaxSize == 0 {
+		lc.TCP.GSOMaxSize = t.cfg.GSOMaxSize
 	}
 	if err := lc.TCP.Validate(); err != nil {
 		return nil, err
