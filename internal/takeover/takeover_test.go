@@ -97,10 +97,12 @@ func TestKillMain(t *testing.T) {
 // time (retransmissions), nothing else.
 func TestKillMainUnderLoss(t *testing.T) {
 	s := killMainTrial(t, 1)
-	// A frame lost at the wrong moment costs a retransmission timeout on
-	// top of the takeover (200 ms minimum on Linux, doubling), so the bound
-	// is looser than without loss; a hang still fails.
-	assertStall(t, s, 3*time.Second)
+	// A frame lost at the wrong moment costs the client retransmission
+	// timeouts on top of the takeover (200 ms minimum on Linux, doubling
+	// on each loss: 200+400+800+1600 ms is already 3 s), so loss may cost
+	// seconds; what it must not cost is a byte, a reset or a hang, which
+	// the trial checks. The bound only tells a hang from slowness.
+	assertStall(t, s, 10*time.Second)
 }
 
 // TestMainLinkDown is fault 2: the main's uplink is taken down at the
