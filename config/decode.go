@@ -457,28 +457,38 @@ func (s *scanner) object() error {
 		if err := s.value(); err != nil {
 			return err
 		}
-		s.skipSpace()
-		if s.pos >= len(s.data) {
-			return s.errorf("unexpected end of file, expected ',' or '}'")
+		if done, err := s.separator('}'); done || err != nil {
+			return err
 		}
-		switch s.data[s.pos] {
-		case '}':
+	}
+}
+
+// separator reads what follows an item of an object or an array: the
+// closing byte (done), or a comma before the next item, or a trailing comma
+// before the closing byte, which is tolerated and remembered (done).
+func (s *scanner) separator(closing byte) (done bool, err error) {
+	s.skipSpace()
+	if s.pos >= len(s.data) {
+		return false, s.errorf("unexpected end of file, expected ',' or '%c'", closing)
+	}
+	switch s.data[s.pos] {
+	case closing:
+		s.pos++
+		s.depth--
+		return true, nil
+	case ',':
+		comma := s.pos
+		s.pos++
+		s.skipSpace()
+		if s.pos < len(s.data) && s.data[s.pos] == closing {
+			s.commas = append(s.commas, comma)
 			s.pos++
 			s.depth--
-			return nil
-		case ',':
-			comma := s.pos
-			s.pos++
-			s.skipSpace()
-			if s.pos < len(s.data) && s.data[s.pos] == '}' {
-				s.commas = append(s.commas, comma)
-				s.pos++
-				s.depth--
-				return nil
-			}
-		default:
-			return s.errorf("expected ',' or '}' after a value, found %s", s.found())
+			return true, nil
 		}
+		return false, nil
+	default:
+		return false, s.errorf("expected ',' or '%c' after a value, found %s", closing, s.found())
 	}
 }
 
@@ -497,27 +507,8 @@ func (s *scanner) array() error {
 		if err := s.value(); err != nil {
 			return err
 		}
-		s.skipSpace()
-		if s.pos >= len(s.data) {
-			return s.errorf("unexpected end of file, expected ',' or ']'")
-		}
-		switch s.data[s.pos] {
-		case ']':
-			s.pos++
-			s.depth--
-			return nil
-		case ',':
-			comma := s.pos
-			s.pos++
-			s.skipSpace()
-			if s.pos < len(s.data) && s.data[s.pos] == ']' {
-				s.commas = append(s.commas, comma)
-				s.pos++
-				s.depth--
-				return nil
-			}
-		default:
-			return s.errorf("expected ',' or ']' after a value, found %s", s.found())
+		if done, err := s.separator(']'); done || err != nil {
+			return err
 		}
 	}
 }
