@@ -98,31 +98,47 @@ func echoServe(l *Listener) {
 	}
 }
 
-func TestReplicatedEchoSurvivesMainLoss(t *testing.T) {
+// trio is a client, a main and a backup on an in-memory hub, in
+// 10.77.<n>.0/24, with listeners on the service address's port 7 on both
+// nodes and the main replicating to the backup through a syncHook.
+type trio struct {
+	h                    *pipe.Hub
+	svc                  netip.Addr
+	client, main, backup *Stack
+	ml, bl               *Listener
+	hook                 *syncHook
+}
+
+func newTrio(t *testing.T, n byte) *trio {
 	h, devs := pipe.NewHub(3, 1500)
 	t.Cleanup(h.Close)
-	svc := netip.MustParseAddr("10.77.2.1")
+	svc := netip.MustParseAddr(fmt.Sprintf("10.77.%d.1", n))
 	mk := func(dev *pipe.Device, addr string, mac byte) *Stack {
 		cfg := Default()
 		cfg.Addr = netip.MustParseAddr(addr)
-		cfg.Prefix = netip.MustParsePrefix("10.77.2.0/24")
-		cfg.MAC = net.HardwareAddr{0x02, 0, 0, 0, 2, mac}
+		cfg.Prefix = netip.MustParsePrefix(fmt.Sprintf("10.77.%d.0/24", n))
+		cfg.MAC = net.HardwareAddr{0x02, 0, 0, 0, n, mac}
 		s, err := New(dev, cfg)
 		require.NoError(t, err)
 		t.Cleanup(func() { s.Close() })
 		return s
 	}
-	client := mk(devs[0], "10.77.2.10", 10)
-	main := mk(devs[1], "10.77.2.2", 2)
-	backup := mk(devs[2], "10.77.2.3", 3)
+	client := mk(devs[0], fmt.Sprintf("10.77.%d.10", n), 10)
+	main := mk(devs[1], fmt.Sprintf("10.77.%d.2", n), 2)
+	backup := mk(devs[2], fmt.Sprintf("10.77.%d.3", n), 3)
 	require.NoError(t, main.AddAddress(svc))
-
 	ml, err := main.ListenTCP(netip.AddrPortFrom(svc, 7), ListenConfig{})
 	require.NoError(t, err)
 	bl, err := backup.ListenTCP(netip.AddrPortFrom(svc, 7), ListenConfig{})
 	require.NoError(t, err)
 	hook := &syncHook{t: t, backup: backup, l: bl}
 	main.SetReplicationHook(hook)
+	return &trio{h: h, svc: svc, client: client, main: main, backup: backup, ml: ml, bl: bl, hook: hook}
+}
+
+func TestReplicatedEchoSurvivesMainLoss(t *testing.T) {
+	tr := newTrio(t, 2)
+	h, svc, client, main, backup, ml, bl, hook := tr.h, tr.svc, tr.client, tr.main, tr.backup, tr.ml, tr.bl, tr.hook
 	go echoServe(ml)
 	go echoServe(bl)
 
@@ -185,29 +201,8 @@ func TestReplicatedEchoSurvivesMainLoss(t *testing.T) {
 // is all shipped: the main's later bytes must still apply, and the held
 // close goes out only after them, at takeover.
 func TestStandbyAppCloseIsHeld(t *testing.T) {
-	h, devs := pipe.NewHub(3, 1500)
-	t.Cleanup(h.Close)
-	svc := netip.MustParseAddr("10.77.4.1")
-	mk := func(dev *pipe.Device, addr string, mac byte) *Stack {
-		cfg := Default()
-		cfg.Addr = netip.MustParseAddr(addr)
-		cfg.Prefix = netip.MustParsePrefix("10.77.4.0/24")
-		cfg.MAC = net.HardwareAddr{0x02, 0, 0, 0, 4, mac}
-		s, err := New(dev, cfg)
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
-	client := mk(devs[0], "10.77.4.10", 10)
-	main := mk(devs[1], "10.77.4.2", 2)
-	backup := mk(devs[2], "10.77.4.3", 3)
-	require.NoError(t, main.AddAddress(svc))
-	ml, err := main.ListenTCP(netip.AddrPortFrom(svc, 7), ListenConfig{})
-	require.NoError(t, err)
-	bl, err := backup.ListenTCP(netip.AddrPortFrom(svc, 7), ListenConfig{})
-	require.NoError(t, err)
-	hook := &syncHook{t: t, backup: backup, l: bl}
-	main.SetReplicationHook(hook)
+	tr := newTrio(t, 4)
+	h, svc, client, main, backup, ml, bl, hook := tr.h, tr.svc, tr.client, tr.main, tr.backup, tr.ml, tr.bl, tr.hook
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
