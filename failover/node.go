@@ -41,14 +41,15 @@ type Node struct {
 	peer netip.Addr // the other node's own address
 	key  Key
 
-	mu        sync.Mutex
-	rm        *RoleMachine
-	kick      chan struct{} // wakes the driver: the role machine has news
-	sess      *session      // the live sync session, or nil
-	listeners map[uint16]*stack.Listener
-	mains     map[tcp.FourTuple]*mainConn
-	standbys  map[tcp.FourTuple]*backupConn
-	stoodDown atomic.Bool
+	mu          sync.Mutex
+	rm          *RoleMachine
+	kick        chan struct{} // wakes the driver: the role machine has news
+	sess        *session      // the live sync session, or nil
+	listeners   map[uint16]*stack.Listener
+	mains       map[tcp.FourTuple]*mainConn
+	standbys    map[tcp.FourTuple]*backupConn
+	stoodDown   atomic.Bool
+	ignoredRepl atomic.Uint64 // replication messages ignored while not a backup
 
 	stats Stats
 }
@@ -506,10 +507,11 @@ func (s *session) writeLoop() {
 			return
 		}
 		role, epoch := s.n.Role()
+		holding := s.n.holding()
 		buf = buf[:0]
 		for i := range q {
 			m := &q[i].m
-			if isReplication(m.Type) && role != RoleMain {
+			if isReplication(m.Type) && (role != RoleMain || holding) {
 				// Queued while this node replicated; it no longer does
 				// (it lost its backup, or its role): the peer must not
 				// take them for a main's.
@@ -535,6 +537,14 @@ func (s *session) writeLoop() {
 		}
 		s.n.stats.FramesOut.Add(uint64(len(q)))
 	}
+}
+
+// holding reports whether the role machine holds client output (a main
+// that may have been frozen and has not yet heard its peer).
+func (n *Node) holding() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.rm.HoldOutput()
 }
 
 func isReplication(t MsgType) bool {
@@ -647,7 +657,14 @@ func (s *session) handle(m *Message) error {
 		}
 	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
 		if role != RoleBackup {
-			return fmt.Errorf("replication message while %v", role)
+			// The peer still believes it is the main (it was frozen, say):
+			// ignore its replication, but keep the session, so that our
+			// heartbeats reach it and it stands down rather than, hearing
+			// nothing, resuming.
+			if n.ignoredRepl.Add(1) == 1 {
+				n.log.Warn("ignoring replication from a peer that is not the main", "msg", m.String(), "role", role)
+			}
+			return nil
 		}
 		return n.applyReplication(m)
 	}
