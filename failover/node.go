@@ -59,6 +59,12 @@ type Stats struct {
 	Takeovers, StandDowns                      atomic.Uint64
 	FramesIn, FramesOut, BadFrames, Sessions   atomic.Uint64
 	ConnsReplicated, StandbysAdopted, Diverged atomic.Uint64
+	// ConnsDropped counts connections one node stopped replicating (see
+	// CloseDropped); they went on unprotected.
+	ConnsDropped atomic.Uint64
+	// Ignored counts replication messages for connections the backup
+	// does not hold (dropped, or never opened).
+	Ignored atomic.Uint64
 }
 
 // NewNode prepares a node on a running stack. The stack must own the
@@ -507,14 +513,16 @@ func (s *session) writeLoop() {
 			return
 		}
 		role, epoch := s.n.Role()
-		holding := s.n.holding()
 		buf = buf[:0]
 		for i := range q {
 			m := &q[i].m
-			if isReplication(m.Type) && (role != RoleMain || holding) {
+			if isReplication(m) && role != RoleMain {
 				// Queued while this node replicated; it no longer does
 				// (it lost its backup, or its role): the peer must not
-				// take them for a main's.
+				// take them for a main's. A main that holds its output
+				// (it may have been frozen) still ships: if it stays the
+				// main its backup needs every change, in order, and if
+				// the backup took over meanwhile, the backup ignores them.
 				continue
 			}
 			m.Epoch = epoch
@@ -539,16 +547,16 @@ func (s *session) writeLoop() {
 	}
 }
 
-// holding reports whether the role machine holds client output (a main
-// that may have been frozen and has not yet heard its peer).
-func (n *Node) holding() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.rm.HoldOutput()
-}
-
-func isReplication(t MsgType) bool {
-	return t == MsgOpen || t == MsgIn || t == MsgOut || t == MsgAcked || t == MsgClose
+// isReplication reports whether m is a main's replication message (a
+// backup's CLOSE DROPPED is not).
+func isReplication(m *Message) bool {
+	switch m.Type {
+	case MsgOpen, MsgIn, MsgOut, MsgAcked:
+		return true
+	case MsgClose:
+		return m.Close != CloseDropped
+	}
+	return false
 }
 
 func (s *session) readLoop() {
@@ -656,6 +664,12 @@ func (s *session) handle(m *Message) error {
 			e.fn()
 		}
 	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
+		if m.Type == MsgClose && m.Close == CloseDropped {
+			if role == RoleMain {
+				n.backupDropped(m.Conn)
+			}
+			return nil
+		}
 		if role != RoleBackup {
 			// The peer still believes it is the main (it was frozen, say):
 			// ignore its replication, but keep the session, so that our
@@ -666,7 +680,9 @@ func (s *session) handle(m *Message) error {
 			}
 			return nil
 		}
-		return n.applyReplication(m)
+		if err := n.applyReplication(m); err != nil {
+			n.dropStandby(s, m, err)
+		}
 	}
 	return nil
 }

@@ -56,7 +56,7 @@ func echoApp(nodes chan<- *rfsis.Node) rfsis.App {
 	}
 }
 
-func testLogger(t *testing.T, name string) *slog.Logger {
+func testLogger(t testing.TB, name string) *slog.Logger {
 	if os.Getenv("RFSIS_TEST_LOG") == "" {
 		return slog.New(slog.DiscardHandler)
 	}
@@ -65,7 +65,12 @@ func testLogger(t *testing.T, name string) *slog.Logger {
 
 // pairUp starts a main and a backup running echoApp and a client stack
 // on an in-memory hub, and waits until the main is protected.
-func pairUp(t *testing.T) (hub *pipe.Hub, client *stack.Stack, mainNode, backupNode *rfsis.Node, killMain func()) {
+func pairUp(t testing.TB) (hub *pipe.Hub, client *stack.Stack, mainNode, backupNode *rfsis.Node, killMain func()) {
+	return pairUpWith(t, echoApp, echoApp)
+}
+
+// pairUpWith is pairUp with the main's and the backup's applications.
+func pairUpWith(t testing.TB, mainApp, backupApp func(chan<- *rfsis.Node) rfsis.App) (hub *pipe.Hub, client *stack.Stack, mainNode, backupNode *rfsis.Node, killMain func()) {
 	hub, devs := pipe.NewHub(3, 1500)
 	t.Cleanup(hub.Close)
 	ccfg := stack.Default()
@@ -82,10 +87,10 @@ func pairUp(t *testing.T) (hub *pipe.Hub, client *stack.Stack, mainNode, backupN
 	backupCtx, stopBackup := context.WithCancel(context.Background())
 	mainDone, backupDone := make(chan error, 1), make(chan error, 1)
 	go func() {
-		mainDone <- rfsis.RunContext(mainCtx, nodeConfig(false), echoApp(nodes), rfsis.Options{Device: devs[1], Logger: testLogger(t, "main")})
+		mainDone <- rfsis.RunContext(mainCtx, nodeConfig(false), mainApp(nodes), rfsis.Options{Device: devs[1], Logger: testLogger(t, "main")})
 	}()
 	go func() {
-		backupDone <- rfsis.RunContext(backupCtx, nodeConfig(true), echoApp(nodes), rfsis.Options{Device: devs[2], Logger: testLogger(t, "backup")})
+		backupDone <- rfsis.RunContext(backupCtx, nodeConfig(true), backupApp(nodes), rfsis.Options{Device: devs[2], Logger: testLogger(t, "backup")})
 	}()
 	t.Cleanup(func() {
 		killMain()
@@ -160,4 +165,54 @@ func TestFailoverKeepsConnections(t *testing.T) {
 	require.Zero(t, st.Diverged.Load())
 	r, _ := backupNode.Failover().Role()
 	require.True(t, r.Serving(), "the backup serves after the takeover, as %v", r)
+}
+
+// TestBackupDropsOneConnection: a connection the backup cannot hold (here
+// its application accepts nothing, so the accept queue fills) costs only
+// that connection its protection: the main serves it unprotected, and the
+// session, the heartbeats and every other copy carry on. Dropping the
+// session instead would look like a dead main to the backup.
+func TestBackupDropsOneConnection(t *testing.T) {
+	const backlog = 128 // stack.ListenConfig's default
+	notAccepting := func(nodes chan<- *rfsis.Node) rfsis.App {
+		return func(ctx context.Context, n *rfsis.Node) error {
+			l, err := n.Listen()
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			nodes <- n
+			<-ctx.Done()
+			return nil
+		}
+	}
+	_, client, mainNode, backupNode, _ := pairUpWith(t, echoApp, notAccepting)
+	const conns = backlog + 3
+	for i := range conns {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := client.DialTCP(ctx, clientAddr, netip.AddrPortFrom(svcAddr, 7))
+		cancel()
+		require.NoError(t, err, "connection %d", i)
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := []byte(fmt.Sprintf("connection %d\n", i))
+		_, err = c.Write(msg)
+		require.NoError(t, err)
+		got := make([]byte, len(msg))
+		_, err = io.ReadFull(c, got)
+		require.NoError(t, err, "connection %d", i)
+		require.Equal(t, msg, got)
+	}
+	mst, bst := mainNode.Failover().Stats(), backupNode.Failover().Stats()
+	require.Eventually(t, func() bool { return mst.ConnsDropped.Load() == conns-backlog }, 5*time.Second, time.Millisecond,
+		"the main learns of each dropped copy (%d)", mst.ConnsDropped.Load())
+	require.Equal(t, uint64(conns-backlog), bst.ConnsDropped.Load())
+	require.Equal(t, uint64(conns), bst.StandbysAdopted.Load(), "each copy was adopted at the SYN")
+	require.Equal(t, uint64(1), bst.Sessions.Load(), "the session survived")
+	require.Equal(t, backlog, mainNode.Failover().ProtectedConns())
+	r, _ := mainNode.Failover().Role()
+	require.Equal(t, failover.RoleMain, r)
+	require.True(t, mainNode.Failover().PeerUp())
+	require.Equal(t, uint64(backlog), backupNode.Stack().TCPStats().CurrentConnections-1,
+		"no copy of a dropped connection is left in the backup's table (beyond the sync connection)")
 }

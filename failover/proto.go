@@ -249,6 +249,12 @@ const (
 	// table (both FINs acknowledged, TIME-WAIT over, or timed out); the
 	// backup drops its copy.
 	CloseGone
+	// CloseDropped: the sender stops replicating the connection, which
+	// goes on unprotected. Either node sends it: the main when it cannot
+	// ship the connection's changes, the backup when it cannot apply them
+	// (a gap, a full accept queue). One connection's trouble must not cost
+	// the session, which every other connection and the heartbeats share.
+	CloseDropped
 
 	closeKindEnd
 )
@@ -261,6 +267,8 @@ func (k CloseKind) String() string {
 		return "RST"
 	case CloseGone:
 		return "GONE"
+	case CloseDropped:
+		return "DROPPED"
 	}
 	return fmt.Sprintf("CloseKind(%d)", uint8(k))
 }

@@ -549,7 +549,7 @@ func TestMalformedBodies(t *testing.T) {
 		{"standdown trailing", MsgStandDown, []byte{0}, ErrMalformed},
 		{"close trailing", MsgClose, cat(id, []byte{1, 0}), ErrMalformed},
 		{"close kind 0", MsgClose, cat(id, []byte{0}), ErrMalformed},
-		{"close kind 4", MsgClose, cat(id, []byte{4}), ErrMalformed},
+		{"close kind 5", MsgClose, cat(id, []byte{5}), ErrMalformed},
 		{"close short", MsgClose, id, ErrMalformed},
 		{"acked reserved flag", MsgAcked, cat(id, make([]byte, 24), []byte{4}), ErrMalformed},
 		{"acked trailing", MsgAcked, cat(id, make([]byte, 25), []byte{0}), ErrMalformed},

@@ -71,7 +71,7 @@ func (h *mainHook) Changed(r *stack.Replica) {
 	}
 	var err error
 	if mc.buf, err = r.AppendReceivedLocked(mc.buf[:0], mc.in); err != nil {
-		n.log.Error("replication: inbound bytes lost to the replica", "conn", r.ID(), "err", err)
+		n.stopReplicatingLocked(s, r, fmt.Errorf("inbound bytes: %w", err))
 		return
 	}
 	for b := mc.buf; len(b) > 0; {
@@ -88,7 +88,7 @@ func (h *mainHook) Changed(r *stack.Replica) {
 		mc.in, b = end, b[k:]
 	}
 	if mc.buf, err = r.AppendWrittenLocked(mc.buf[:0], mc.out); err != nil {
-		n.log.Error("replication: outbound bytes lost to the replica", "conn", r.ID(), "err", err)
+		n.stopReplicatingLocked(s, r, fmt.Errorf("outbound bytes: %w", err))
 		return
 	}
 	for b := mc.buf; len(b) > 0; {
@@ -130,6 +130,53 @@ func (h *mainHook) Gone(r *stack.Replica) {
 	}
 }
 
+// stopReplicatingLocked gives up on one connection the main cannot ship
+// (a bug, not a condition of the network): it goes on unprotected and
+// the backup drops its copy. Called from a hook callback.
+func (n *Node) stopReplicatingLocked(s *session, r *stack.Replica, why error) {
+	n.log.Error("replication: cannot ship a connection's changes; it goes on unprotected", "conn", r.ID(), "err", why)
+	n.mu.Lock()
+	delete(n.mains, r.ID())
+	n.mu.Unlock()
+	r.Value.Store((*mainConn)(nil))
+	r.SetGateLocked(tcp.Gate{})
+	n.stats.ConnsDropped.Add(1)
+	s.send(Message{Type: MsgClose, Conn: r.ID(), Close: CloseDropped}, nil)
+}
+
+// backupDropped: the backup could not apply a connection's changes and
+// dropped its copy; the main serves that connection unprotected.
+func (n *Node) backupDropped(id tcp.FourTuple) {
+	n.mu.Lock()
+	mc := n.mains[id]
+	delete(n.mains, id)
+	n.mu.Unlock()
+	if mc == nil {
+		return
+	}
+	n.log.Warn("the backup dropped its copy of a connection; it goes on unprotected", "conn", id)
+	n.stats.ConnsDropped.Add(1)
+	mc.r.Value.Store((*mainConn)(nil))
+	mc.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+}
+
+// dropStandby handles a replication message the backup cannot apply: it
+// drops that connection's copy and tells the main, which then serves the
+// connection unprotected. The session and every other copy carry on: a
+// dropped session would look like a dead main.
+func (n *Node) dropStandby(s *session, m *Message, why error) {
+	n.log.Warn("sync: cannot apply a message; dropping that connection's copy", "msg", m.String(), "err", why)
+	n.mu.Lock()
+	b := n.standbys[m.Conn]
+	delete(n.standbys, m.Conn)
+	n.mu.Unlock()
+	if b != nil {
+		b.sb.Drop()
+	}
+	n.stats.ConnsDropped.Add(1)
+	s.send(Message{Type: MsgClose, Conn: m.Conn, Close: CloseDropped}, nil)
+}
+
 // backupConn is the backup's record of one standby connection.
 type backupConn struct {
 	sb      *stack.Standby
@@ -148,16 +195,22 @@ func (b *backupConn) deliver() {
 	b.deliverLocked()
 }
 
-func (b *backupConn) deliverLocked() {
+func (b *backupConn) deliverLocked() error {
 	if len(b.pending) > 0 {
 		k, err := b.sb.Receive(b.sb.ReceivedEnd(), b.pending)
+		if errors.Is(err, stack.ErrStandbyGone) {
+			return err
+		}
 		if err == nil {
 			b.pending = b.pending[:copy(b.pending, b.pending[k:])]
 		}
 	}
 	if b.hasProg {
-		b.sb.Progress(b.prog)
+		if err := b.sb.Progress(b.prog); errors.Is(err, stack.ErrStandbyGone) {
+			return err
+		}
 	}
+	return nil
 }
 
 // applyReplication applies one replication message on the backup. The
@@ -184,7 +237,10 @@ func (n *Node) applyReplication(m *Message) error {
 		return nil
 	}
 	if b == nil {
-		return fmt.Errorf("%v for unknown connection %v", m.Type, m.Conn)
+		// A copy dropped (dropStandby) while the main's messages for it
+		// were in flight, or one that ended: nothing to apply.
+		n.stats.Ignored.Add(1)
+		return nil
 	}
 	switch m.Type {
 	case MsgIn:
@@ -194,7 +250,7 @@ func (n *Node) applyReplication(m *Message) error {
 			return fmt.Errorf("IN at %d, expected %d", m.DataSeq, want)
 		}
 		b.pending = append(b.pending, m.Data...)
-		b.deliverLocked()
+		return b.deliverLocked()
 	case MsgOut:
 		if _, err := b.sb.Written(m.DataSeq, m.Data); errors.Is(err, stack.ErrDiverged) {
 			n.stats.Diverged.Add(1)
@@ -206,7 +262,7 @@ func (n *Node) applyReplication(m *Message) error {
 		b.mu.Lock()
 		defer b.mu.Unlock()
 		b.prog, b.hasProg = m.Progress, true
-		b.deliverLocked()
+		return b.deliverLocked()
 	case MsgClose:
 		n.mu.Lock()
 		delete(n.standbys, m.Conn)

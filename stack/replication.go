@@ -106,6 +106,26 @@ type Standby struct {
 // differs from what the backup's own application wrote.
 var ErrDiverged = errors.New("stack: hot-standby output diverged from the main's")
 
+// ErrAcceptQueueFull is returned by AdoptStandby when the application has
+// not accepted the listener's earlier connections: the standby would not
+// be served.
+var ErrAcceptQueueFull = errors.New("stack: standby: accept queue full")
+
+// ErrStandbyGone is returned by a Standby's methods once the stack has
+// dropped the connection on its own (the accept queue was full when it
+// completed its handshake): the failover layer must stop replicating it.
+var ErrStandbyGone = errors.New("stack: standby connection dropped")
+
+// goneLocked reports why the standby can take no more of the main's
+// changes, nil while it can. A standby that ended with the main's copy
+// (its FINs, a reset) takes late messages silently.
+func (ep *endpoint) goneLocked() error {
+	if ep.goneErr != nil {
+		return fmt.Errorf("%w: %w", ErrStandbyGone, ep.goneErr)
+	}
+	return nil
+}
+
 // AdoptStandby creates a standby connection from the main's opening
 // snapshot and queues it on the listener for addr's port, so the
 // backup's application accepts it like any connection; its reads get the
@@ -142,7 +162,13 @@ func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
 	case c.State() != tcp.StateSynReceived:
 		close(ep.established)
 		if !l.enqueue(ep) {
-			return nil, errors.New("stack: standby: accept queue full")
+			// Leave no copy behind in the table: at takeover it would
+			// swallow the client's segments instead of answering them.
+			now := time.Now()
+			ep.goneErr = ErrAcceptQueueFull
+			ep.c.Abort(now)
+			ep.afterLocked(now)
+			return nil, ErrAcceptQueueFull
 		}
 	default:
 		ep.listener = l
@@ -162,6 +188,9 @@ func (sb *Standby) Receive(seq tcp.Seq, data []byte) (int, error) {
 	ep := sb.ep
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
+	if err := ep.goneLocked(); err != nil {
+		return 0, err
+	}
 	n, err := ep.c.StandbyReceive(seq, data)
 	if ep.appClosed {
 		ep.discardReceivedLocked() // nobody will read it
@@ -200,6 +229,9 @@ func (sb *Standby) Written(seq tcp.Seq, data []byte) (int, error) {
 	ep := sb.ep
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
+	if err := ep.goneLocked(); err != nil {
+		return 0, err
+	}
 	n, err := ep.c.StandbyWritten(seq, data)
 	if err != nil {
 		return n, err
@@ -226,6 +258,9 @@ func (sb *Standby) Progress(p tcp.Progress) error {
 	ep := sb.ep
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
+	if err := ep.goneLocked(); err != nil {
+		return err
+	}
 	err := ep.c.StandbyProgress(p)
 	ep.afterLocked(time.Now())
 	return err

@@ -277,9 +277,12 @@ type endpoint struct {
 	timerAt  time.Time
 	listener *Listener // until accepted or gone
 	gone     bool
-	replica  *Replica // when replicated (main)
-	held     []byte   // a hot standby application's writes beyond the main's
-	appNext  tcp.Seq  // where the hot standby application's next byte goes
+	// goneErr says why a standby connection left the table before the
+	// main's copy ended (see Standby), nil otherwise.
+	goneErr error
+	replica *Replica // when replicated (main)
+	held    []byte   // a hot standby application's writes beyond the main's
+	appNext tcp.Seq  // where the hot standby application's next byte goes
 	// A hot standby application's Close or CloseWrite, held until the
 	// connection goes live (the main's close is the one the client gets).
 	appClosed, appWriteClosed bool
@@ -331,6 +334,7 @@ func (ep *endpoint) afterLocked(now time.Time) {
 			l.releaseHalfOpen()
 			if !l.enqueue(ep) {
 				ep.t.n.acceptQueueDrops.Add(1)
+				ep.goneErr = ErrAcceptQueueFull
 				ep.c.Abort(now)
 				ep.c.Output(now, ep.emitFn)
 				ev |= ep.c.TakeEvents()

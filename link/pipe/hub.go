@@ -59,3 +59,13 @@ func (h *Hub) Close() {
 	}
 	h.wg.Wait()
 }
+
+// Dropped counts the frames the hub could not deliver to a port because
+// the station's queue was full (a congested switch port).
+func (h *Hub) Dropped() uint64 {
+	var n uint64
+	for _, p := range h.ports {
+		n += p.Stats().Dropped
+	}
+	return n
+}
