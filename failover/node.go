@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -200,6 +201,12 @@ func (n *Node) Run(ctx context.Context) error {
 	for {
 		now := time.Now()
 		n.mu.Lock()
+		if n.sess != nil {
+			// Bytes the reader has not got to yet prove the peer alive.
+			if at := n.sess.c.LastDataReceived(); !at.IsZero() {
+				n.rm.PeerActivity(now, at)
+			}
+		}
 		n.rm.Tick(now)
 		n.mu.Unlock()
 		if err := n.applyReady(now); err != nil {
@@ -268,10 +275,10 @@ func (n *Node) applyReady(now time.Time) error {
 	n.setHold(rd.HoldOutput)
 	if sess != nil {
 		if rd.Ping != 0 {
-			sess.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Ping: rd.Ping, Role: uint8(rd.Role), StartAsBackup: n.cfg.Backup}, nil)
+			sess.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Ping: rd.Ping, Role: uint8(rd.Role), StartAsBackup: n.cfg.Backup}, effect{})
 		}
 		if rd.Pong != 0 {
-			sess.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Pong: rd.Pong, Role: uint8(rd.Role), StartAsBackup: n.cfg.Backup}, nil)
+			sess.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Pong: rd.Pong, Role: uint8(rd.Role), StartAsBackup: n.cfg.Backup}, effect{})
 		}
 	}
 	return nil
@@ -415,14 +422,22 @@ func (n *Node) connectLoop(ctx context.Context) {
 }
 
 // session is one sync connection.
+//
+// Messages are encoded (and MAC'd) when they are sent, by the goroutine
+// that sends them, into out; the writer goroutine only writes out to the
+// connection. A hook callback so ships a change without copying its
+// bytes twice, and the order of the frames is the order of the sends.
 type session struct {
 	n     *Node
 	c     *stack.Conn
 	codec *Session
 	mu    sync.Mutex
-	queue []outMsg
 	cond  *sync.Cond
 	done  bool
+	out   []byte // encoded frames, waiting for the writer
+	spare []byte // the writer's previous buffer, reused
+	// frames counts the frames in out.
+	frames int
 	// Effects of frames we sent, applied when the peer acknowledges them.
 	effects []effect
 	// What the peer said of itself in this session's heartbeats.
@@ -430,24 +445,81 @@ type session struct {
 	peerBackup bool
 }
 
-type outMsg struct {
-	m   Message
-	eff func() // run when the peer has applied this message
-}
-
+// effect is what a replication frame's acknowledgement lets a connection
+// do (its gate opens that far), or, with fn, anything else.
 type effect struct {
-	seq uint64
-	at  time.Time // when it was sent: the replication lag's start
-	fn  func()
+	seq  uint64
+	at   time.Time // when it was sent: the replication lag's start
+	gate gateEffect
+	fn   func()
 }
 
-func (s *session) send(m Message, eff func()) {
-	s.mu.Lock()
-	if !s.done {
-		s.queue = append(s.queue, outMsg{m: m, eff: eff})
-		s.cond.Signal()
+// gateEffect raises one connection's gate. The gate's fields only grow,
+// so several effects on a connection merge into one update (one lock of
+// the connection per acknowledgement, not per frame).
+type gateEffect struct {
+	r                   *stack.Replica
+	openOK, closeOK     bool
+	hasAck, hasSend     bool
+	ackLimit, sendLimit tcp.Seq
+}
+
+func (g *gateEffect) merge(o gateEffect) {
+	g.openOK = g.openOK || o.openOK
+	g.closeOK = g.closeOK || o.closeOK
+	if o.hasAck && (!g.hasAck || g.ackLimit.Less(o.ackLimit)) {
+		g.hasAck, g.ackLimit = true, o.ackLimit
 	}
-	s.mu.Unlock()
+	if o.hasSend && (!g.hasSend || g.sendLimit.Less(o.sendLimit)) {
+		g.hasSend, g.sendLimit = true, o.sendLimit
+	}
+}
+
+func (g gateEffect) apply() {
+	g.r.UpdateGate(func(gt *tcp.Gate) {
+		gt.OpenOK = gt.OpenOK || g.openOK
+		gt.CloseOK = gt.CloseOK || g.closeOK
+		if g.hasAck && gt.AckLimit.Less(g.ackLimit) {
+			gt.AckLimit = g.ackLimit
+		}
+		if g.hasSend && gt.SendLimit.Less(g.sendLimit) {
+			gt.SendLimit = g.sendLimit
+		}
+	})
+}
+
+// send encodes m (stamped with our epoch) for the writer; eff, if any,
+// runs when the peer has applied it. A main's replication is not sent
+// once this node is no longer the main: the peer must not take it for a
+// main's.
+func (s *session) send(m Message, eff effect) {
+	role, epoch := s.n.Role()
+	if isReplication(&m) && role != RoleMain {
+		return
+	}
+	m.Epoch = epoch
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return
+	}
+	out, err := s.codec.Enc.AppendFrame(s.out, &m)
+	if err != nil {
+		// A bug (the message was built here): say so and end the session
+		// rather than send a stream the peer cannot follow.
+		s.n.log.Error("sync: encode", "msg", m.String(), "err", err)
+		s.done = true
+		s.cond.Broadcast()
+		go s.c.Close()
+		return
+	}
+	s.out = out
+	s.frames++
+	if eff.gate.r != nil || eff.fn != nil {
+		eff.seq, eff.at = m.Seq, time.Now()
+		s.effects = append(s.effects, eff)
+	}
+	s.cond.Signal()
 }
 
 func (n *Node) runSession(ctx context.Context, c *stack.Conn) {
@@ -495,57 +567,37 @@ func write(c *stack.Conn, b []byte) error {
 }
 
 func (s *session) writeLoop() {
-	var buf []byte
 	for {
 		s.mu.Lock()
-		for len(s.queue) == 0 && !s.done {
+		for len(s.out) == 0 && !s.done {
 			s.cond.Wait()
 		}
 		if s.done {
 			s.mu.Unlock()
 			return
 		}
-		q := s.queue
-		s.queue = nil
+		buf, frames := s.out, s.frames
+		s.out, s.spare, s.frames = s.spare[:0], nil, 0
 		s.mu.Unlock()
 		if s.n.stoodDown.Load() {
 			s.c.Close() // a stood-down node sends nothing more
 			return
 		}
-		role, epoch := s.n.Role()
-		buf = buf[:0]
-		for i := range q {
-			m := &q[i].m
-			if isReplication(m) && role != RoleMain {
-				// Queued while this node replicated; it no longer does
-				// (it lost its backup, or its role): the peer must not
-				// take them for a main's. A main that holds its output
-				// (it may have been frozen) still ships: if it stays the
-				// main its backup needs every change, in order, and if
-				// the backup took over meanwhile, the backup ignores them.
-				continue
-			}
-			m.Epoch = epoch
-			var err error
-			buf, err = s.codec.Enc.AppendFrame(buf, m)
-			if err != nil {
-				s.n.log.Error("sync: encode", "msg", m.String(), "err", err)
-				s.c.Close()
-				return
-			}
-			if q[i].eff != nil {
-				s.mu.Lock()
-				s.effects = append(s.effects, effect{seq: m.Seq, at: time.Now(), fn: q[i].eff})
-				s.mu.Unlock()
-			}
-		}
 		if err := write(s.c, buf); err != nil {
 			s.c.Close()
 			return
 		}
-		s.n.stats.FramesOut.Add(uint64(len(q)))
+		s.n.stats.FramesOut.Add(uint64(frames))
+		s.mu.Lock()
+		if s.spare == nil && cap(buf) <= maxSpare {
+			s.spare = buf
+		}
+		s.mu.Unlock()
 	}
 }
+
+// maxSpare bounds the write buffer a session keeps for reuse.
+const maxSpare = 4 << 20
 
 // isReplication reports whether m is a main's replication message (a
 // backup's CLOSE DROPPED is not).
@@ -590,7 +642,7 @@ func (s *session) readLoop() {
 			}
 		}
 		if applied != 0 {
-			s.send(Message{Type: MsgSyncAck, Applied: applied}, nil)
+			s.send(Message{Type: MsgSyncAck, Applied: applied}, effect{})
 		}
 		n.wake()
 	}
@@ -608,7 +660,7 @@ func (s *session) handle(m *Message) error {
 		n.mu.Lock()
 		role := n.rm.Role()
 		n.mu.Unlock()
-		s.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Role: uint8(role), StartAsBackup: n.cfg.Backup}, nil)
+		s.send(Message{Type: MsgHeartbeat, Sent: now.UnixNano(), Role: uint8(role), StartAsBackup: n.cfg.Backup}, effect{})
 		return nil
 	}
 	if !s.codec.Live() {
@@ -657,12 +709,10 @@ func (s *session) handle(m *Message) error {
 		for i < len(s.effects) && s.effects[i].seq <= m.Applied {
 			i++
 		}
-		done := s.effects[:i]
-		s.effects = s.effects[i:]
+		done := slices.Clone(s.effects[:i])
+		s.effects = slices.Delete(s.effects, 0, i)
 		s.mu.Unlock()
-		for _, e := range done {
-			e.fn()
-		}
+		applyEffects(done)
 	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
 		if m.Type == MsgClose && m.Close == CloseDropped {
 			if role == RoleMain {
@@ -685,4 +735,28 @@ func (s *session) handle(m *Message) error {
 		}
 	}
 	return nil
+}
+
+// applyEffects runs acknowledged effects in order, with one gate update
+// per connection.
+func applyEffects(done []effect) {
+	var gates []gateEffect
+	index := map[*stack.Replica]int{}
+	for _, e := range done {
+		if e.fn != nil {
+			e.fn()
+		}
+		if e.gate.r == nil {
+			continue
+		}
+		if i, ok := index[e.gate.r]; ok {
+			gates[i].merge(e.gate)
+		} else {
+			index[e.gate.r] = len(gates)
+			gates = append(gates, e.gate)
+		}
+	}
+	for _, g := range gates {
+		g.apply()
+	}
 }

@@ -51,14 +51,33 @@ func (h *mainHook) Opened(r *stack.Replica, snap tcp.Snapshot) {
 	n.mains[r.ID()] = mc
 	n.mu.Unlock()
 	n.stats.ConnsReplicated.Add(1)
-	s.send(Message{Type: MsgOpen, Conn: r.ID(), Snapshot: &snap}, func() {
-		r.UpdateGate(func(g *tcp.Gate) { g.OpenOK = true })
-	})
+	s.send(Message{Type: MsgOpen, Conn: r.ID(), Snapshot: &snap}, effect{gate: gateEffect{r: r, openOK: true}})
 }
+
+// outWindow bounds the output bytes of one connection shipped to the
+// backup and not yet acknowledged. The client cannot have them before the
+// backup does anyway, and without a bound one bulk connection could queue
+// megabytes on the sync connection, ahead of every other connection's
+// updates and of the heartbeats. The inbound side needs no bound of its
+// own: the client's window bounds it.
+const outWindow = 256 << 10
+
+// ackedSlack is how far the client's acknowledgements may run ahead of
+// what the backup was told before an ACKED goes out on their account
+// alone. The backup uses them to trim the output it keeps for
+// retransmission (a stale position only means retransmitting a little
+// the client already has, which it ignores), so a bulk transfer need not
+// ship one ACKED per acknowledgement. FINs, and a client that has
+// acknowledged everything, are shipped at once.
+const ackedSlack = 64 << 10
+
+// The standby's send buffer allows for the slack.
+var _ [tcp.StandbySendSlack - ackedSlack]struct{}
 
 // Changed ships what is new: inbound bytes (the ACK on the wire waits,
 // invariant 2), outbound bytes (they wait, invariant 3), and the client's
-// progress and closes (a FIN waits, invariant 4).
+// progress and closes (a FIN waits, invariant 4). The bytes go from the
+// connection's buffers into the encoded frame with one copy between.
 func (h *mainHook) Changed(r *stack.Replica) {
 	mc, _ := r.Value.Load().(*mainConn)
 	if mc == nil {
@@ -74,49 +93,61 @@ func (h *mainHook) Changed(r *stack.Replica) {
 		n.stopReplicatingLocked(s, r, fmt.Errorf("inbound bytes: %w", err))
 		return
 	}
-	for b := mc.buf; len(b) > 0; {
-		k := min(len(b), MaxData)
-		seq := mc.in
-		end := seq.Add(uint32(k))
-		s.send(Message{Type: MsgIn, Conn: r.ID(), DataSeq: seq, Data: append([]byte(nil), b[:k]...)}, func() {
-			r.UpdateGate(func(g *tcp.Gate) {
-				if g.AckLimit.Less(end) {
-					g.AckLimit = end
-				}
-			})
-		})
-		mc.in, b = end, b[k:]
-	}
-	if mc.buf, err = r.AppendWrittenLocked(mc.buf[:0], mc.out); err != nil {
+	mc.in = shipData(s, r, MsgIn, mc.in, mc.buf)
+	// Output goes at most outWindow ahead of what the backup holds; the
+	// backup's acknowledgement calls Changed again for the rest.
+	room := outWindow - int(mc.out.Sub(r.GateLocked().SendLimit))
+	if mc.buf, err = r.AppendWrittenLocked(mc.buf[:0], mc.out, room); err != nil {
 		n.stopReplicatingLocked(s, r, fmt.Errorf("outbound bytes: %w", err))
 		return
 	}
-	for b := mc.buf; len(b) > 0; {
-		k := min(len(b), MaxData)
-		seq := mc.out
+	mc.out = shipData(s, r, MsgOut, mc.out, mc.buf)
+	if cap(mc.buf) > 2*MaxData {
+		mc.buf = nil // a burst's buffer is not kept for an idle connection
+	}
+	p := r.ProgressLocked()
+	if p == mc.prog || !progressWorthShipping(mc.prog, p) {
+		return
+	}
+	mc.prog = p
+	g := gateEffect{r: r, closeOK: p.FinQueued}
+	if p.PeerFin {
+		g.hasAck, g.ackLimit = true, p.ReceivedEnd+1 // the FIN
+	}
+	s.send(Message{Type: MsgAcked, Conn: r.ID(), Progress: p}, effect{gate: g})
+}
+
+// shipData sends data, the bytes from seq, as IN or OUT messages and
+// returns the end of what it shipped.
+func shipData(s *session, r *stack.Replica, t MsgType, seq tcp.Seq, data []byte) tcp.Seq {
+	for len(data) > 0 {
+		k := min(len(data), MaxData)
 		end := seq.Add(uint32(k))
-		s.send(Message{Type: MsgOut, Conn: r.ID(), DataSeq: seq, Data: append([]byte(nil), b[:k]...)}, func() {
-			r.UpdateGate(func(g *tcp.Gate) {
-				if g.SendLimit.Less(end) {
-					g.SendLimit = end
-				}
-			})
-		})
-		mc.out, b = end, b[k:]
+		g := gateEffect{r: r}
+		if t == MsgIn {
+			g.hasAck, g.ackLimit = true, end
+		} else {
+			g.hasSend, g.sendLimit = true, end
+		}
+		s.send(Message{Type: t, Conn: r.ID(), DataSeq: seq, Data: data[:k]}, effect{gate: g})
+		seq, data = end, data[k:]
 	}
-	if p := r.ProgressLocked(); p != mc.prog {
-		mc.prog = p
-		s.send(Message{Type: MsgAcked, Conn: r.ID(), Progress: p}, func() {
-			r.UpdateGate(func(g *tcp.Gate) {
-				if p.PeerFin && g.AckLimit.Less(p.ReceivedEnd+1) {
-					g.AckLimit = p.ReceivedEnd + 1 // the FIN
-				}
-				if p.FinQueued {
-					g.CloseOK = true
-				}
-			})
-		})
+	return seq
+}
+
+// progressWorthShipping reports whether the client's progress moved
+// enough since what the backup last heard (old) to ship now (see
+// ackedSlack).
+func progressWorthShipping(old, p tcp.Progress) bool {
+	switch {
+	case p.PeerFin != old.PeerFin, p.FinQueued != old.FinQueued:
+		return true
+	case p.SndUna == p.WrittenEnd && p.SndUna != old.SndUna:
+		return true // everything acknowledged: the connection may go quiet now
+	case p.SndUna.Sub(old.SndUna) >= ackedSlack:
+		return true
 	}
+	return false
 }
 
 // Gone tells the backup to drop its copy.
@@ -126,7 +157,7 @@ func (h *mainHook) Gone(r *stack.Replica) {
 	delete(n.mains, r.ID())
 	n.mu.Unlock()
 	if s := n.liveSession(); s != nil {
-		s.send(Message{Type: MsgClose, Conn: r.ID(), Close: CloseGone}, nil)
+		s.send(Message{Type: MsgClose, Conn: r.ID(), Close: CloseGone}, effect{})
 	}
 }
 
@@ -141,7 +172,7 @@ func (n *Node) stopReplicatingLocked(s *session, r *stack.Replica, why error) {
 	r.Value.Store((*mainConn)(nil))
 	r.SetGateLocked(tcp.Gate{})
 	n.stats.ConnsDropped.Add(1)
-	s.send(Message{Type: MsgClose, Conn: r.ID(), Close: CloseDropped}, nil)
+	s.send(Message{Type: MsgClose, Conn: r.ID(), Close: CloseDropped}, effect{})
 }
 
 // backupDropped: the backup could not apply a connection's changes and
@@ -174,7 +205,7 @@ func (n *Node) dropStandby(s *session, m *Message, why error) {
 		b.sb.Drop()
 	}
 	n.stats.ConnsDropped.Add(1)
-	s.send(Message{Type: MsgClose, Conn: m.Conn, Close: CloseDropped}, nil)
+	s.send(Message{Type: MsgClose, Conn: m.Conn, Close: CloseDropped}, effect{})
 }
 
 // backupConn is the backup's record of one standby connection.
@@ -252,11 +283,18 @@ func (n *Node) applyReplication(m *Message) error {
 		b.pending = append(b.pending, m.Data...)
 		return b.deliverLocked()
 	case MsgOut:
-		if _, err := b.sb.Written(m.DataSeq, m.Data); errors.Is(err, stack.ErrDiverged) {
+		k, err := b.sb.Written(m.DataSeq, m.Data)
+		switch {
+		case errors.Is(err, stack.ErrDiverged):
 			n.stats.Diverged.Add(1)
 			n.log.Warn("hot standby output differs from the main's", "conn", m.Conn)
-		} else if err != nil {
+		case err != nil:
 			return err
+		}
+		if k < len(m.Data) {
+			// Cannot happen while the main reports progress within
+			// ackedSlack (the standby's buffer allows for it).
+			return fmt.Errorf("OUT of %d bytes: only %d fit in the standby's send buffer", len(m.Data), k)
 		}
 	case MsgAcked:
 		b.mu.Lock()

@@ -629,6 +629,28 @@ func (m *RoleMachine) PeerMessage(now time.Time, msg PeerMsg) {
 	}
 }
 
+// PeerActivity tells the machine that bytes from the peer arrived at at in
+// the current session, not yet read. They prove the peer's process alive
+// (a frozen or dead one sends nothing) even when this node, busy, has not
+// parsed them yet; so they defer the silence timers of a backup watching
+// its main and of a main watching its backup, and nothing else: what the
+// peer says is learned when the bytes are read (PeerMessage).
+func (m *RoleMachine) PeerActivity(now, at time.Time) {
+	now = m.observe(now)
+	if !m.connected || m.role == RoleStoodDown {
+		return
+	}
+	if at.After(now) {
+		at = now
+	}
+	switch {
+	case m.role == RoleBackup && m.sawMain && at.After(m.mainSeen):
+		m.mainSeen = at
+	case m.role == RoleMain && at.After(m.backupSeen):
+		m.backupSeen = at
+	}
+}
+
 // servingHears applies a message with an epoch not above ours to a
 // serving node. It reports whether the node stood down.
 func (m *RoleMachine) servingHears(now time.Time, msg PeerMsg) bool {

@@ -2028,3 +2028,50 @@ func TestPairRandomFaults(t *testing.T) {
 		s.settled()
 	}
 }
+
+// TestPeerActivityDefersSilenceTimers: bytes from the peer that this busy
+// node has not parsed yet keep a main from declaring its backup lost and
+// a backup from taking over; once they stop, each detects on time.
+func TestPeerActivityDefersSilenceTimers(t *testing.T) {
+	const iv, misses = 10 * msec, 3
+	t.Run("main", func(t *testing.T) {
+		s := serveAsMain(t, roleCfg(false, false, iv, misses), tStart)
+		// No message parsed after the start; bytes keep arriving until
+		// 200 ms, each activity reported 1 ms after it.
+		for d := msec; d <= 200*msec; d += msec {
+			s.m.PeerActivity(tAt(d+msec), tAt(d))
+			if rd := s.tick(tAt(d + msec)); rd.Unprotected || rd.Role != RoleMain {
+				t.Fatalf("at %v with the backup's bytes arriving: %+v", d, rd)
+			}
+		}
+		var lost time.Time
+		for now := tAt(201 * msec); lost.IsZero() && now.Before(tAt(time.Second)); now = now.Add(msec) {
+			if rd := s.tick(now); rd.Unprotected {
+				lost = now
+			}
+		}
+		if lost.IsZero() || lost.Sub(tAt(200*msec)) > misses*iv+iv {
+			t.Fatalf("backup loss after the bytes stopped at 200ms: detected at %v", lost.Sub(tStart))
+		}
+	})
+	t.Run("backup", func(t *testing.T) {
+		s := newRoleScript(t, roleCfg(true, false, iv, misses))
+		s.connect(tStart)
+		s.hear(tStart, fromMain(0))
+		for d := msec; d <= 200*msec; d += msec {
+			s.m.PeerActivity(tAt(d+msec), tAt(d))
+			if rd := s.tick(tAt(d + msec)); rd.Role != RoleBackup {
+				t.Fatalf("at %v with the main's bytes arriving: %+v", d, rd)
+			}
+		}
+		var took time.Time
+		for now := tAt(201 * msec); took.IsZero() && now.Before(tAt(time.Second)); now = now.Add(msec) {
+			if rd := s.tick(now); rd.Role.Serving() {
+				took = now
+			}
+		}
+		if took.IsZero() || took.Sub(tAt(200*msec)) > misses*iv+iv {
+			t.Fatalf("takeover after the bytes stopped at 200ms: at %v", took.Sub(tStart))
+		}
+	})
+}

@@ -57,10 +57,13 @@ func (r *Replica) AppendReceivedLocked(dst []byte, from tcp.Seq) ([]byte, error)
 	return r.ep.c.AppendReceived(dst, from)
 }
 
-// AppendWrittenLocked appends written bytes from seq to dst.
-func (r *Replica) AppendWrittenLocked(dst []byte, from tcp.Seq) ([]byte, error) {
-	return r.ep.c.AppendWritten(dst, from)
+// AppendWrittenLocked appends at most max written bytes from seq to dst.
+func (r *Replica) AppendWrittenLocked(dst []byte, from tcp.Seq, max int) ([]byte, error) {
+	return r.ep.c.AppendWrittenMax(dst, from, max)
 }
+
+// GateLocked returns the connection's gate.
+func (r *Replica) GateLocked() tcp.Gate { return r.ep.c.Gate() }
 
 // ProgressLocked returns the client's progress.
 func (r *Replica) ProgressLocked() tcp.Progress { return r.ep.c.Progress() }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -63,7 +64,7 @@ func (h *syncHook) Changed(r *Replica) {
 		require.NoError(h.t, err)
 		st.in = st.in.Add(uint32(n))
 	}
-	st.buf, err = r.AppendWrittenLocked(st.buf[:0], st.out)
+	st.buf, err = r.AppendWrittenLocked(st.buf[:0], st.out, math.MaxInt)
 	require.NoError(h.t, err)
 	if len(st.buf) > 0 {
 		n, err := st.sb.Written(st.out, st.buf)

@@ -376,6 +376,17 @@ func (d deadline) expired() bool {
 	}
 }
 
+// LastDataReceived is when new bytes from the peer last arrived, whether
+// or not they have been read yet (zero if none has). A reader that falls
+// behind, say on a busy machine, can tell a silent peer from its own
+// backlog: the failover layer's liveness check uses it.
+func (c *Conn) LastDataReceived() time.Time {
+	if ns := c.ep.lastData.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
 // SetNoDelay turns Nagle's algorithm off (true) or on.
 func (c *Conn) SetNoDelay(noDelay bool) error {
 	// The core takes its config at creation; Nagle is the one knob

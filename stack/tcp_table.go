@@ -89,7 +89,15 @@ func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte, trusted bool) {
 		// The clock is read under the lock: every call into a connection
 		// then sees time move forward, and so do its timestamps.
 		now := time.Now()
-		ep.c.Handle(now, &seg)
+		if len(seg.Payload) > 0 {
+			before := ep.c.ReceivedEnd()
+			ep.c.Handle(now, &seg)
+			if ep.c.ReceivedEnd() != before {
+				ep.lastData.Store(now.UnixNano())
+			}
+		} else {
+			ep.c.Handle(now, &seg)
+		}
 		ep.afterLocked(now)
 		ep.mu.Unlock()
 		return
@@ -277,6 +285,9 @@ type endpoint struct {
 	timerAt  time.Time
 	listener *Listener // until accepted or gone
 	gone     bool
+	// lastData is when new in-order bytes last arrived (Unix ns), read
+	// without the lock (Conn.LastDataReceived).
+	lastData atomic.Int64
 	// goneErr says why a standby connection left the table before the
 	// main's copy ended (see Standby), nil otherwise.
 	goneErr error

@@ -38,16 +38,21 @@ func (c *Conn) WrittenEnd() Seq { return c.dataEnd() }
 // AppendWritten appends the written bytes from sequence number from (not
 // yet acknowledged by the peer) to dst.
 func (c *Conn) AppendWritten(dst []byte, from Seq) ([]byte, error) {
+	return c.AppendWrittenMax(dst, from, c.sndBuf.size)
+}
+
+// AppendWrittenMax is AppendWritten of at most max bytes.
+func (c *Conn) AppendWrittenMax(dst []byte, from Seq, max int) ([]byte, error) {
 	end := c.dataEnd()
 	if from.Less(c.sndBufSeq) || from.Greater(end) {
 		return dst, fmt.Errorf("%w: written bytes from %d not held (%d..%d)", ErrStandby, from, c.sndBufSeq, end)
 	}
 	off, n := int(from.Sub(c.sndBufSeq)), int(end.Sub(from))
-	return appendRing(dst, &c.sndBuf, off, n), nil
+	return appendRing(dst, &c.sndBuf, off, min(n, max)), nil
 }
 
 func appendRing(dst []byte, r *ring, off, n int) []byte {
-	if n == 0 {
+	if n <= 0 {
 		return dst
 	}
 	i := (r.head + off) % len(r.buf)
@@ -76,6 +81,13 @@ func (c *Conn) Progress() Progress {
 		PeerFin: c.peerFin, FinQueued: c.finQueued, ReceivedEnd: c.ReceivedEnd(), WrittenEnd: c.dataEnd()}
 }
 
+// StandbySendSlack is how far the client's acknowledgements reported to a
+// standby (StandbyProgress) may trail the main's, in bytes: a standby's
+// send buffer is this much larger than the main's, so that it can always
+// take the main's output (StandbyWritten). The replicating layer must
+// report progress at least this often.
+const StandbySendSlack = 1 << 20
+
 // RestoreStandby makes a standby copy of a connection from the snapshot
 // the main took when it opened: it sends nothing and runs no timers until
 // GoLive.
@@ -86,6 +98,9 @@ func RestoreStandby(s Snapshot, now time.Time) (*Conn, error) {
 	}
 	c.standby = true
 	c.synPending = false
+	// The standby keeps what the main keeps plus what the client has
+	// acknowledged since the backup last heard of it.
+	c.sndBuf.limit += StandbySendSlack
 	c.rtoAt, c.delackAt, c.persistAt, c.keepaliveAt, c.closeAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	return c, nil
 }
