@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,25 +43,25 @@ const backupHost = 50
 type testDef struct {
 	name string
 	rr   bool // a round-trip test (else bulk)
-	run  func(ctx context.Context, dial dialFunc, d time.Duration) (sample, error)
+	run  func(ctx context.Context, dial DialFunc, d time.Duration) (Sample, error)
 }
 
-func rrTest(conns int) func(context.Context, dialFunc, time.Duration) (sample, error) {
-	return func(ctx context.Context, dial dialFunc, d time.Duration) (sample, error) {
-		return measureRR(ctx, dial, d, conns)
+func rrTest(conns int) func(context.Context, DialFunc, time.Duration) (Sample, error) {
+	return func(ctx context.Context, dial DialFunc, d time.Duration) (Sample, error) {
+		return MeasureRR(ctx, dial, d, conns)
 	}
 }
 
 // The measurements served by cmd/echoserver, then by rfsissink.
 var (
 	echoTests = []testDef{
-		{name: "echo", run: measureEcho},
+		{name: "echo", run: MeasureEcho},
 		{name: "rr1", rr: true, run: rrTest(1)},
 		{name: "rr64", rr: true, run: rrTest(64)},
 	}
 	oneWayTests = []testDef{
-		{name: "sink", run: measureSink},
-		{name: "source", run: measureSource},
+		{name: "sink", run: MeasureSink},
+		{name: "source", run: MeasureSource},
 	}
 )
 
@@ -75,7 +74,7 @@ const (
 type result struct {
 	test, impl string
 	rr         bool
-	s          sample
+	s          Sample
 	serverCPU  time.Duration
 	machineCPU time.Duration
 	ctxsw      int64            // server context switches
@@ -83,34 +82,34 @@ type result struct {
 	err        error
 }
 
-func (r *result) mbps() float64 { return float64(r.s.bytes) / r.s.elapsed.Seconds() / 1e6 }
+func (r *result) mbps() float64 { return float64(r.s.Bytes) / r.s.Elapsed.Seconds() / 1e6 }
 func (r *result) opsPerSec() float64 {
-	return float64(r.s.ops) / r.s.elapsed.Seconds()
+	return float64(r.s.Ops) / r.s.Elapsed.Seconds()
 }
 func (r *result) serverNsPerByte() float64 {
-	return float64(r.serverCPU.Nanoseconds()) / float64(r.s.bytes)
+	return float64(r.serverCPU.Nanoseconds()) / float64(r.s.Bytes)
 }
 func (r *result) machineNsPerByte() float64 {
-	return float64(r.machineCPU.Nanoseconds()) / float64(r.s.bytes)
+	return float64(r.machineCPU.Nanoseconds()) / float64(r.s.Bytes)
 }
 func (r *result) serverUsPerOp() float64 {
-	return float64(r.serverCPU.Microseconds()) / float64(r.s.ops)
+	return float64(r.serverCPU.Microseconds()) / float64(r.s.Ops)
 }
-func (r *result) switchesPerOp() float64 { return float64(r.ctxsw) / float64(r.s.ops) }
+func (r *result) switchesPerOp() float64 { return float64(r.ctxsw) / float64(r.s.Ops) }
 func (r *result) switchesPerMB() float64 {
-	return float64(r.ctxsw) / (float64(r.s.bytes) / 1e6)
+	return float64(r.ctxsw) / (float64(r.s.Bytes) / 1e6)
 }
 func (r *result) machineUsPerOp() float64 {
-	return float64(r.machineCPU.Microseconds()) / float64(r.s.ops)
+	return float64(r.machineCPU.Microseconds()) / float64(r.s.Ops)
 }
 
 // percentile of the sorted latencies, in microseconds.
 func (r *result) percentile(p float64) float64 {
-	if len(r.s.lat) == 0 {
+	if len(r.s.Lat) == 0 {
 		return 0
 	}
-	i := min(len(r.s.lat)-1, int(p*float64(len(r.s.lat))))
-	return float64(r.s.lat[i].Nanoseconds()) / 1e3
+	i := min(len(r.s.Lat)-1, int(p*float64(len(r.s.Lat))))
+	return float64(r.s.Lat[i].Nanoseconds()) / 1e3
 }
 
 // env is one topology with its servers, shared by all measurements.
@@ -176,10 +175,10 @@ func setup(b *testing.B) *env {
 		e.loadavg = strings.TrimSpace(string(la))
 	}
 	// Other load on the machine skews everything here; measure it.
-	if m0, err := machineCPU(); err == nil {
+	if m0, err := MachineCPU(); err == nil {
 		t0 := time.Now()
 		time.Sleep(time.Second)
-		if m1, err := machineCPU(); err == nil {
+		if m1, err := MachineCPU(); err == nil {
 			e.background = (m1 - m0).Seconds() / time.Since(t0).Seconds()
 		}
 	}
@@ -329,7 +328,7 @@ func (e *env) stopRFSIS(b *testing.B) string {
 	return ""
 }
 
-func (e *env) dialer(addr netip.Addr) dialFunc {
+func (e *env) dialer(addr netip.Addr) DialFunc {
 	return func(ctx context.Context, port int) (*net.TCPConn, error) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -420,12 +419,7 @@ func (e *env) measure(b *testing.B, t testDef, r *result, slice int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r.s.bytes += s.bytes
-	r.s.ops += s.ops
-	r.s.elapsed += s.elapsed
-	r.s.lat = append(r.s.lat, s.lat...)
-	slices.Sort(r.s.lat)
-	r.s.maxGap = max(r.s.maxGap, s.maxGap)
+	r.s.Add(s)
 	r.serverCPU += after.server - before.server
 	r.machineCPU += after.machine - before.machine
 	r.ctxsw += after.ctxsw - before.ctxsw

@@ -18,6 +18,11 @@
 //   - source (SourcePort): the client sends a count N (8 bytes, big
 //     endian); the server writes N bytes (N = 0: until a write fails, that
 //     is until the client goes away) and closes.
+//
+// The client side of the measurements (MeasureEcho, MeasureRR, …), the
+// kernel baseline server (KernelServer) and the machine description
+// (CPUModel, …) are ordinary code too, so that the failover benchmark
+// (internal/failbench) measures the steady-state cost with the same code.
 package bench
 
 import (

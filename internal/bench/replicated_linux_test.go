@@ -4,7 +4,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,24 +15,25 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zppratt/rfsis/internal/takeover"
+
 	"github.com/zppratt/rfsis/internal/netns"
 )
 
 // Log lines of failover/node.go and cmd/echoserver that BenchmarkReplicated
-// waits for (the same as internal/takeover's tests).
+// waits for: internal/takeover's.
 const (
-	logServing     = "serving the service address"
-	logProtected   = "backup joined"
-	logTookOver    = "took over the service"
-	logUnprotected = "backup lost: serving unprotected"
+	logServing     = takeover.LogServing
+	logProtected   = takeover.LogProtected
+	logTookOver    = takeover.LogTookOver
+	logUnprotected = takeover.LogUnprotected
 )
 
-// Replication settings of the pair: the issue's (internal/takeover's)
-// heartbeat and misses, so detection is within 30 ms.
+// Replication settings of the pair: internal/takeover's (the issue's
+// heartbeat and misses, so detection is within 30 ms).
 const (
-	replHeartbeat = 10 * time.Millisecond
-	replMisses    = 3
-	replSyncKey   = "rfsis-bench-pair-key-32-chars-ok"
+	replHeartbeat = takeover.Heartbeat
+	replMisses    = takeover.Misses
 	// nodeRTTDur is how long the node-to-node round trip is measured.
 	nodeRTTDur = 2 * time.Second
 )
@@ -86,10 +86,10 @@ func BenchmarkReplicated(b *testing.B) {
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		e.loadavg = strings.TrimSpace(string(la))
 	}
-	if m0, err := machineCPU(); err == nil {
+	if m0, err := MachineCPU(); err == nil {
 		t0 := time.Now()
 		time.Sleep(time.Second)
-		if m1, err := machineCPU(); err == nil {
+		if m1, err := MachineCPU(); err == nil {
 			e.background = (m1 - m0).Seconds() / time.Since(t0).Seconds()
 		}
 	}
@@ -111,12 +111,12 @@ func BenchmarkReplicated(b *testing.B) {
 
 	e.measureNodeRTT(b)
 	e.startMain(b)
-	// measureEcho half-closes while echoed bytes are still in flight,
+	// MeasureEcho half-closes while echoed bytes are still in flight,
 	// which once broke a replicated pair (BENCHMARKS.md, "Replication
 	// cost"); the benchmark checks the pair after every test.
 	tests := []testDef{
 		{name: "rr1", rr: true, run: rrTest(1)},
-		{name: "echo", run: measureEcho},
+		{name: "echo", run: MeasureEcho},
 	}
 	for _, t := range tests {
 		for _, m := range []string{modeUnrepl, modeRepl} {
@@ -151,28 +151,11 @@ func BenchmarkReplicated(b *testing.B) {
 	}
 }
 
-// writeConfig writes the main's or the backup's config.json: identical but
-// for "backup".
+// writeConfig writes the main's or the backup's config.json, as
+// internal/takeover's pair does: identical but for "backup".
 func (e *replEnv) writeConfig(b *testing.B, backup bool) string {
-	cfg := map[string]any{
-		"backup":           backup,
-		"ipv4_addr":        e.tp.ServiceAddr().String(),
-		"main_addr":        e.tp.NodeAddr(0).String(),
-		"backup_addr":      e.tp.NodeAddr(1).String(),
-		"port":             EchoPort,
-		"netmask":          "255.255.255.0",
-		"tap_device_name":  netns.NodeTAP,
-		"heartbeat_timer":  replHeartbeat.Seconds(),
-		"heartbeat_misses": replMisses,
-		"sync_key":         replSyncKey,
-		"debug_mode":       false,
-	}
-	data, err := json.MarshalIndent(cfg, "", "  ")
+	path, err := takeover.WriteConfig(b.TempDir(), e.tp, backup, false)
 	if err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(b.TempDir(), "config.json")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
 		b.Fatal(err)
 	}
 	return path
@@ -187,18 +170,7 @@ func (e *replEnv) measureNodeRTT(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				echo(c)
-			}()
-		}
-	}()
+	go Serve(l, Echo)
 	dial := func(ctx context.Context, port int) (*net.TCPConn, error) {
 		c, err := e.tp.Node(0).Dial(ctx, "tcp4", netip.AddrPortFrom(e.tp.NodeKernelAddr(1), uint16(port)).String())
 		if err != nil {
@@ -206,11 +178,11 @@ func (e *replEnv) measureNodeRTT(b *testing.B) {
 		}
 		return c.(*net.TCPConn), nil
 	}
-	s, err := measureRR(runCtx, dial, nodeRTTDur, 1)
+	s, err := MeasureRR(runCtx, dial, nodeRTTDur, 1)
 	if err != nil {
 		b.Fatalf("node-to-node round trips: %v", err)
 	}
-	slices.Sort(s.lat)
+	slices.Sort(s.Lat)
 	e.nodeRTT = &result{test: "node-rtt", impl: "kernel", rr: true, s: s}
 }
 
@@ -360,13 +332,8 @@ func (e *replEnv) measure(b *testing.B, t testDef, r *result) {
 		}
 		b.Fatal(msg)
 	}
-	r.s.bytes += s.bytes
-	r.s.ops += s.ops
-	r.s.elapsed += s.elapsed
-	r.s.lat = append(r.s.lat, s.lat...)
-	slices.Sort(r.s.lat)
-	r.s.maxGap = max(r.s.maxGap, s.maxGap)
-	b.Logf("%s/%s slice: %d bytes, %d round trips in %v", r.test, r.impl, s.bytes, s.ops, s.elapsed.Round(time.Millisecond))
+	r.s.Add(s)
+	b.Logf("%s/%s slice: %d bytes, %d round trips in %v", r.test, r.impl, s.Bytes, s.Ops, s.Elapsed.Round(time.Millisecond))
 }
 
 // report renders the comparison as Markdown.
@@ -377,8 +344,8 @@ func (e *replEnv) report() string {
 	r := func(t string) *result { return e.results[t+"/"+modeRepl] }
 	p("\n## Replication cost: echoserver unreplicated vs replicated\n\n")
 	p("- date: %s\n", e.started.Format(time.RFC3339))
-	p("- machine: %d CPUs (%s), kernel %s, %s\n", runtime.NumCPU(), cpuModel(), kernelRelease(), runtime.Version())
-	p("- code: %s\n", vcsInfo())
+	p("- machine: %d CPUs (%s), kernel %s, %s\n", runtime.NumCPU(), CPUModel(), KernelRelease(), runtime.Version())
+	p("- code: %s\n", VCSInfo())
 	p("- other load before the run: %.2f cores busy over 1 s; load average %s\n", e.background, e.loadavg)
 	p("- pair: main in %s, backup in %s (heartbeat %v, %d misses); service %s:%d\n",
 		e.tp.Node(0).Name(), e.tp.Node(1).Name(), replHeartbeat, replMisses, e.tp.ServiceAddr(), EchoPort)
@@ -396,7 +363,7 @@ func (e *replEnv) report() string {
 	line("  latency p99, µs", u("rr1").percentile(0.99), r("rr1").percentile(0.99), 1)
 	line("echo bulk, 1 connection, MB/s echoed", u("echo").mbps(), r("echo").mbps(), 1)
 	p("| echo: longest wait for progress, ms | %.1f | %.1f | |\n",
-		float64(u("echo").s.maxGap.Microseconds())/1e3, float64(r("echo").s.maxGap.Microseconds())/1e3)
+		float64(u("echo").s.MaxGap.Microseconds())/1e3, float64(r("echo").s.MaxGap.Microseconds())/1e3)
 
 	n := e.nodeRTT
 	p("\nNode-to-node round trip (kernel TCP, node 0 → node 1, 64 bytes, 1 connection, %v): p50 %.1f µs, p99 %.1f µs, %.0f round trips/s.\n",

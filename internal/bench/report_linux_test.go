@@ -3,10 +3,7 @@
 package bench
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"os/exec"
 	"runtime"
 	"strings"
 	"time"
@@ -62,8 +59,8 @@ func (e *env) report() string {
 	p := func(format string, a ...any) { fmt.Fprintf(&w, format, a...) }
 	p("\n## RFSIS vs Linux kernel TCP\n\n")
 	p("- date: %s\n", e.started.Format(time.RFC3339))
-	p("- machine: %d CPUs (%s), kernel %s, %s\n", runtime.NumCPU(), cpuModel(), kernelRelease(), runtime.Version())
-	p("- code: %s\n", vcsInfo())
+	p("- machine: %d CPUs (%s), kernel %s, %s\n", runtime.NumCPU(), CPUModel(), KernelRelease(), runtime.Version())
+	p("- code: %s\n", VCSInfo())
 	p("- other load before the run: %.2f cores busy over 1 s; load average %s\n", e.background, e.loadavg)
 	p("- path: client ns (kernel TCP) → switch bridge → node ns br0 → tap0 + RFSIS (%s) | br0 kernel address (%s)\n",
 		e.tp.ServiceAddr(), e.tp.NodeKernelAddr(0))
@@ -110,10 +107,10 @@ func (e *env) report() string {
 		}
 		gap := "–"
 		if !r.rr {
-			gap = r.s.maxGap.Round(10 * time.Microsecond).String()
+			gap = r.s.MaxGap.Round(10 * time.Microsecond).String()
 		}
-		p("| %s | %.2fs | %.1f | %.2f | %.2f | %s | %s |\n", key, r.s.elapsed.Seconds(), float64(r.s.bytes)/1e6,
-			r.serverCPU.Seconds()/r.s.elapsed.Seconds(), r.machineCPU.Seconds()/r.s.elapsed.Seconds(),
+		p("| %s | %.2fs | %.1f | %.2f | %.2f | %s | %s |\n", key, r.s.Elapsed.Seconds(), float64(r.s.Bytes)/1e6,
+			r.serverCPU.Seconds()/r.s.Elapsed.Seconds(), r.machineCPU.Seconds()/r.s.Elapsed.Seconds(),
 			gap, formatCounters(r.counters))
 	}
 	if e.rfsisEnd != "" {
@@ -129,7 +126,7 @@ func (e *env) report() string {
 	return w.String()
 }
 
-func ok(r *result) bool { return r != nil && r.err == nil && r.s.elapsed > 0 }
+func ok(r *result) bool { return r != nil && r.err == nil && r.s.Elapsed > 0 }
 
 func cell(r *result, rw row) string {
 	if r == nil {
@@ -138,7 +135,7 @@ func cell(r *result, rw row) string {
 	if r.err != nil {
 		return "FAILED"
 	}
-	if r.s.elapsed <= 0 {
+	if r.s.Elapsed <= 0 {
 		return "–"
 	}
 	return fmt.Sprintf("%.*f", rw.prec, rw.value(r))
@@ -153,51 +150,4 @@ func ratio(a, k *result, rw row) string {
 		return "–"
 	}
 	return fmt.Sprintf("%.2f", rw.value(a)/kv)
-}
-
-func cpuModel() string {
-	f, err := os.Open("/proc/cpuinfo")
-	if err != nil {
-		return "?"
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, found := strings.Cut(sc.Text(), ":"); found && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "?"
-}
-
-func kernelRelease() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// vcsInfo is the commit the benchmark ran on, and whether the working tree
-// had changes. It only reads: GIT_OPTIONAL_LOCKS=0 keeps `git status` from
-// refreshing the index.
-func vcsInfo() string {
-	git := func(args ...string) (string, error) {
-		cmd := exec.Command("git", args...)
-		cmd.Env = append(os.Environ(), "GIT_OPTIONAL_LOCKS=0")
-		out, err := cmd.Output()
-		return strings.TrimSpace(string(out)), err
-	}
-	rev, err := git("rev-parse", "--short=12", "HEAD")
-	if err != nil {
-		return "unknown revision"
-	}
-	st, err := git("status", "--porcelain", "--untracked-files=no")
-	if err != nil {
-		return rev
-	}
-	if st != "" {
-		return fmt.Sprintf("%s + uncommitted changes in %d tracked files", rev, len(strings.Split(st, "\n")))
-	}
-	return rev
 }

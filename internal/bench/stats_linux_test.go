@@ -16,10 +16,6 @@ import (
 	"github.com/zppratt/rfsis/internal/netns"
 )
 
-// clockTick is USER_HZ, the unit of /proc CPU times (100 on every Linux
-// architecture Go supports).
-const clockTick = 10 * time.Millisecond
-
 // procCPU is the user+system CPU time of process pid and all its threads
 // (fields utime and stime of /proc/<pid>/stat). Time the kernel spends in
 // softirq context on the process's packets is not charged to it.
@@ -70,34 +66,6 @@ func procSwitches(pid int) (int64, error) {
 		}
 	}
 	return n, nil
-}
-
-// machineCPU is the CPU time all CPUs spent busy (everything but idle and
-// iowait, softirq included) since boot, from /proc/stat.
-func machineCPU() (time.Duration, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, err
-	}
-	line, _, _ := bytes.Cut(b, []byte("\n"))
-	f := strings.Fields(string(line))
-	if len(f) < 6 || f[0] != "cpu" {
-		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
-	}
-	var busy int64
-	for i, s := range f[1:] {
-		v, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/stat: %q: %w", s, err)
-		}
-		// user nice system idle iowait irq softirq steal guest guest_nice;
-		// guest time is already counted in user and nice.
-		if i == 3 || i == 4 || i >= 8 {
-			continue
-		}
-		busy += v
-	}
-	return time.Duration(busy) * clockTick, nil
 }
 
 // tcpCounters are the kernel's TCP counters worth watching in a benchmark:
@@ -240,7 +208,7 @@ func takeSnapshot(tp *netns.Topology, serverPid int, after bool) (snapshot, erro
 		if s.server, err = procCPU(serverPid); err != nil {
 			return err
 		}
-		if s.machine, err = machineCPU(); err != nil {
+		if s.machine, err = MachineCPU(); err != nil {
 			return err
 		}
 		s.ctxsw, err = procSwitches(serverPid)

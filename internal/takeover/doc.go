@@ -1,7 +1,9 @@
 // Package takeover holds the failover acceptance tests: a main and a backup
 // running the real cmd/echoserver in their own network namespaces, kernel
-// TCP clients in a third, and faults injected mid-stream. It has no code of
-// its own; the tests are in the _test.go files.
+// TCP clients in a third, and faults injected mid-stream. Its only code
+// outside the _test.go files is the harness of such a pair (Pair: configs,
+// start-up, the start-up race, the faults), which the failover benchmark
+// (internal/failbench) shares; the client traffic is package workload's.
 //
 // Every test builds a throw-away LAN with internal/netns (a switch, a client
 // namespace, node 0 for the main and node 1 for the backup, each with its
@@ -19,8 +21,12 @@
 //	                        the old main must stand down without a trace
 //	TestKillBackup          kill -9 of the backup: the main goes on alone
 //	TestConnectDuringKill   connections opened while the main dies
-//	TestKillMainUnderLoss   kill -9 of the main with 1% random frame loss
-//	TestKillStall           repeated kill -9 trials: the client-visible stall
+//	TestKillMainUnderLoss, TestMainLinkDownUnderLoss, TestStopContMainUnderLoss
+//	                        the same three faults of the main with 1%
+//	                        random frame loss on the switch
+//	TestKillStall, TestLinkDownStall, TestStopContStall
+//	                        repeated trials of each fault of the main:
+//	                        the client-visible stall's distribution
 //	TestBackupRestartWhileMainServes
 //	                        a crashed backup restarted while the main
 //	                        serves: it must rejoin, not take over
@@ -57,10 +63,10 @@
 //
 // Environment knobs:
 //
-//	RFSIS_TAKEOVER_TRIALS=20    TestKillStall runs this many kill -9 trials
-//	                            (default 3) and, from 20 on, asserts the
-//	                            issue's criteria: median stall <= 100 ms,
-//	                            no trial over 300 ms
+//	RFSIS_TAKEOVER_TRIALS=20    each of the three *Stall tests runs this
+//	                            many trials of its fault (default 2) and,
+//	                            from 20 on, asserts the criteria:
+//	                            median stall <= 100 ms, no trial over 300 ms
 //	RFSIS_TAKEOVER_DEBUG=1      run both nodes with debug_mode true
 //	RFSIS_TAKEOVER_LOGDIR=dir   write both nodes' full logs to
 //	                            dir/<test>-{main,backup}.log (always, not

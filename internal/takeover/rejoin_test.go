@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/zppratt/rfsis/internal/workload"
 )
 
 // The tests in this file are about the pair recovering its protection
@@ -41,19 +42,19 @@ import (
 // until it misses heartbeats.
 func TestBackupRestartWhileMainServes(t *testing.T) {
 	p := startPair(t)
-	w := startWorkload(t, p, defaultWorkload)
+	w := startWorkload(t, p, workload.Default)
 	time.Sleep(warmup)
 	requireStillPaired(t, p, "after the warm-up")
 
-	require.NoError(t, p.backup.Kill())
-	waitOutput(t, p.main, takeoverWait, logUnprotected)
-	<-p.backup.Done()
+	require.NoError(t, p.Backup.Kill())
+	waitOutput(t, p.Main, takeoverWait, LogUnprotected)
+	<-p.Backup.Done()
 
 	// The same configuration, at once.
 	restarted := time.Now()
-	proc, err := p.tp.Node(1).Start(context.Background(), echoserverBin, "-config", writeConfig(t, p.tp, true))
+	proc, err := p.StartNode(true)
 	require.NoError(t, err)
-	p.backup = proc
+	p.Backup = proc
 
 	// Whichever comes first: the main protected again, or the new backup
 	// serving (the failure).
@@ -61,10 +62,10 @@ func TestBackupRestartWhileMainServes(t *testing.T) {
 	defer cancel()
 	var rejoined bool
 	for !rejoined {
-		if strings.Contains(p.backup.Output(), logTookOver) {
+		if strings.Contains(p.Backup.Output(), LogTookOver) {
 			break
 		}
-		rejoined = strings.Count(p.main.Output(), logProtected) >= 2
+		rejoined = strings.Count(p.Main.Output(), LogProtected) >= 2
 		select {
 		case <-ctx.Done():
 			t.Fatalf("the restarted backup neither joined nor took over within 10 s")
@@ -72,17 +73,17 @@ func TestBackupRestartWhileMainServes(t *testing.T) {
 		}
 	}
 	assert.True(t, rejoined, "the restarted backup took the service over from the live main %v after its start "+
-		"instead of joining it (backup log:\n%s)", time.Since(restarted).Round(time.Millisecond), p.backup.Output())
+		"instead of joining it (backup log:\n%s)", time.Since(restarted).Round(time.Millisecond), p.Backup.Output())
 	if rejoined {
 		t.Logf("the restarted backup joined the main %v after its start", time.Since(restarted).Round(time.Millisecond))
 	}
 
 	// Either way, the connections the main serves must go on untouched.
 	time.Sleep(afterTakeover)
-	rs := w.finish(t, drain)
+	rs := finish(t, w, drain)
 	requireClean(t, rs, restarted)
 	requireNoResets(t, p)
-	assert.NotContains(t, p.main.Output(), logStandDown, "the main stood down")
+	assert.NotContains(t, p.Main.Output(), LogStandDown, "the main stood down")
 }
 
 // TestBackupPauseThenKillMain stalls the backup (SIGSTOP) long enough for
@@ -99,38 +100,38 @@ func TestBackupRestartWhileMainServes(t *testing.T) {
 // must come through the kill like in TestKillMain.
 func TestBackupPauseThenKillMain(t *testing.T) {
 	p := startPair(t)
-	old := startWorkload(t, p, defaultWorkload)
+	old := startWorkload(t, p, workload.Default)
 	time.Sleep(warmup)
 	requireStillPaired(t, p, "after the warm-up")
 
-	require.NoError(t, p.backup.Stop())
-	waitOutput(t, p.main, takeoverWait, logUnprotected)
+	require.NoError(t, p.Backup.Stop())
+	waitOutput(t, p.Main, takeoverWait, LogUnprotected)
 	// A little traffic while unprotected, so the copies really are stale.
 	time.Sleep(100 * time.Millisecond)
-	require.NoError(t, p.backup.Cont())
+	require.NoError(t, p.Backup.Cont())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for strings.Count(p.main.Output(), logProtected) < 2 {
+	for strings.Count(p.Main.Output(), LogProtected) < 2 {
 		select {
 		case <-ctx.Done():
 			t.Fatalf("the backup did not rejoin within 10 s of SIGCONT")
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
-	require.NotContains(t, p.backup.Output(), logTookOver, "the paused backup took over on waking up")
+	require.NotContains(t, p.Backup.Output(), LogTookOver, "the paused backup took over on waking up")
 
-	fresh := startWorkload(t, p, workloadConfig{Steady: 10, LineSize: 32, Interval: 10 * time.Millisecond, Life: 60 * time.Second})
+	fresh := startWorkload(t, p, workload.Config{Steady: 10, LineSize: 32, Interval: 10 * time.Millisecond, Life: 60 * time.Second})
 	time.Sleep(warmup)
 	fault := time.Now()
-	require.NoError(t, crash(p.main))
-	waitOutput(t, p.backup, takeoverWait, logTookOver)
+	require.NoError(t, p.Inject(Kill))
+	waitOutput(t, p.Backup, takeoverWait, LogTookOver)
 	time.Sleep(afterTakeover)
 
 	// finish waits for every connection; a stale copy that hangs its
 	// client is cut after a few seconds (they all hang together, and the
 	// fresh connections have drained by then) and reported below.
-	freshRes := fresh.finish(t, drain)
-	oldRes := old.finish(t, 3*time.Second)
+	freshRes := finish(t, fresh, drain)
+	oldRes := finish(t, old, 3*time.Second)
 	requireClean(t, freshRes, fault)
 	var bad []string
 	ended := 0

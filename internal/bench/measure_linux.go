@@ -10,26 +10,39 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 )
 
-// dialFunc connects the client namespace's kernel TCP to a port of the
+// DialFunc connects the client namespace's kernel TCP to a port of the
 // server under test.
-type dialFunc func(ctx context.Context, port int) (*net.TCPConn, error)
+type DialFunc func(ctx context.Context, port int) (*net.TCPConn, error)
 
 // grace is how long past its nominal duration a measurement may take (to
 // drain buffers, wait for the sink's count, the echo's EOF) before it is
 // declared stalled.
 const grace = 30 * time.Second
 
-// sample is what one measurement saw from the client.
-type sample struct {
-	bytes   int64           // payload bytes moved (echo: bytes echoed back)
-	ops     int64           // request/response round trips
-	elapsed time.Duration   // from the first byte sent to the last one accounted for
-	lat     []time.Duration // round-trip latencies
-	maxGap  time.Duration   // longest wait for progress in a bulk transfer
+// Sample is what one measurement saw from the client.
+type Sample struct {
+	Bytes   int64           // payload bytes moved (echo: bytes echoed back)
+	Ops     int64           // request/response round trips
+	Elapsed time.Duration   // from the first byte sent to the last one accounted for
+	Lat     []time.Duration // round-trip latencies
+	MaxGap  time.Duration   // longest wait for progress in a bulk transfer
+}
+
+// Add adds o to s, as the slices of one measurement add up: bytes, round
+// trips and time are summed, the latencies kept sorted, and the longest
+// gap is the longer one.
+func (s *Sample) Add(o Sample) {
+	s.Bytes += o.Bytes
+	s.Ops += o.Ops
+	s.Elapsed += o.Elapsed
+	s.Lat = append(s.Lat, o.Lat...)
+	slices.Sort(s.Lat)
+	s.MaxGap = max(s.MaxGap, o.MaxGap)
 }
 
 // watch makes c's pending and future I/O fail once ctx is done (on
@@ -59,13 +72,13 @@ func (g *gapTracker) tick(now time.Time) {
 	g.last = now
 }
 
-// measureSink writes to the sink for d, half-closes, and waits for the
+// MeasureSink writes to the sink for d, half-closes, and waits for the
 // server's count of the bytes it received: the elapsed time runs until that
 // count arrives, so every byte counted has reached the server application.
-func measureSink(ctx context.Context, dial dialFunc, d time.Duration) (sample, error) {
+func MeasureSink(ctx context.Context, dial DialFunc, d time.Duration) (Sample, error) {
 	c, err := dial(ctx, SinkPort)
 	if err != nil {
-		return sample{}, err
+		return Sample{}, err
 	}
 	defer c.Close()
 	defer watch(ctx, c)()
@@ -79,31 +92,31 @@ func measureSink(ctx context.Context, dial dialFunc, d time.Duration) (sample, e
 		n, err := c.Write(buf)
 		sent += int64(n)
 		if err != nil {
-			return sample{}, ioErr(ctx, fmt.Sprintf("write after %d bytes", sent), err)
+			return Sample{}, ioErr(ctx, fmt.Sprintf("write after %d bytes", sent), err)
 		}
 		g.tick(time.Now())
 	}
 	if err := c.CloseWrite(); err != nil {
-		return sample{}, ioErr(ctx, "CloseWrite", err)
+		return Sample{}, ioErr(ctx, "CloseWrite", err)
 	}
 	var reply [8]byte
 	if _, err := io.ReadFull(c, reply[:]); err != nil {
-		return sample{}, ioErr(ctx, fmt.Sprintf("read the sink's count after sending %d bytes", sent), err)
+		return Sample{}, ioErr(ctx, fmt.Sprintf("read the sink's count after sending %d bytes", sent), err)
 	}
 	elapsed := time.Since(start)
 	g.tick(time.Now())
 	if got := int64(binary.BigEndian.Uint64(reply[:])); got != sent {
-		return sample{}, fmt.Errorf("sink received %d bytes, %d were sent", got, sent)
+		return Sample{}, fmt.Errorf("sink received %d bytes, %d were sent", got, sent)
 	}
-	return sample{bytes: sent, elapsed: elapsed, maxGap: g.max}, nil
+	return Sample{Bytes: sent, Elapsed: elapsed, MaxGap: g.max}, nil
 }
 
-// measureSource asks the source for an endless stream, reads it for d, and
+// MeasureSource asks the source for an endless stream, reads it for d, and
 // leaves (closing with unread data, so the server's next write fails).
-func measureSource(ctx context.Context, dial dialFunc, d time.Duration) (sample, error) {
+func MeasureSource(ctx context.Context, dial DialFunc, d time.Duration) (Sample, error) {
 	c, err := dial(ctx, SourcePort)
 	if err != nil {
-		return sample{}, err
+		return Sample{}, err
 	}
 	defer c.Close()
 	defer watch(ctx, c)()
@@ -113,7 +126,7 @@ func measureSource(ctx context.Context, dial dialFunc, d time.Duration) (sample,
 	end := start.Add(d)
 	c.SetDeadline(end)
 	if _, err := c.Write(req[:]); err != nil {
-		return sample{}, ioErr(ctx, "write the request", err)
+		return Sample{}, ioErr(ctx, "write the request", err)
 	}
 	g := gapTracker{last: start}
 	var got int64
@@ -124,21 +137,21 @@ func measureSource(ctx context.Context, dial dialFunc, d time.Duration) (sample,
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil && !now.Before(end) {
 				g.tick(now)
-				return sample{bytes: got, elapsed: now.Sub(start), maxGap: g.max}, nil
+				return Sample{Bytes: got, Elapsed: now.Sub(start), MaxGap: g.max}, nil
 			}
-			return sample{}, ioErr(ctx, fmt.Sprintf("read after %d bytes", got), err)
+			return Sample{}, ioErr(ctx, fmt.Sprintf("read after %d bytes", got), err)
 		}
 		g.tick(now)
 	}
 }
 
-// measureEcho writes for d while reading the echo concurrently, then
+// MeasureEcho writes for d while reading the echo concurrently, then
 // half-closes and reads the echo to EOF: the elapsed time runs until the
 // last byte is back.
-func measureEcho(ctx context.Context, dial dialFunc, d time.Duration) (sample, error) {
+func MeasureEcho(ctx context.Context, dial DialFunc, d time.Duration) (Sample, error) {
 	c, err := dial(ctx, EchoPort)
 	if err != nil {
-		return sample{}, err
+		return Sample{}, err
 	}
 	defer c.Close()
 	defer watch(ctx, c)()
@@ -187,21 +200,21 @@ func measureEcho(ctx context.Context, dial dialFunc, d time.Duration) (sample, e
 	elapsed := time.Since(start)
 	w := <-wc
 	if rerr != nil || w.err != nil {
-		return sample{}, errors.Join(rerr, w.err)
+		return Sample{}, errors.Join(rerr, w.err)
 	}
 	if got != w.sent {
-		return sample{}, fmt.Errorf("echoed %d bytes, %d were sent", got, w.sent)
+		return Sample{}, fmt.Errorf("echoed %d bytes, %d were sent", got, w.sent)
 	}
-	return sample{bytes: got, elapsed: elapsed, maxGap: g.max}, nil
+	return Sample{Bytes: got, Elapsed: elapsed, MaxGap: g.max}, nil
 }
 
 // RRSize is the request and response size of the round-trip tests.
 const RRSize = 64
 
-// measureRR runs conns connections in parallel for d, each doing sequential
+// MeasureRR runs conns connections in parallel for d, each doing sequential
 // RRSize-byte request / RRSize-byte response round trips against the echo
 // service, with TCP_NODELAY on the client.
-func measureRR(ctx context.Context, dial dialFunc, d time.Duration, conns int) (sample, error) {
+func MeasureRR(ctx context.Context, dial DialFunc, d time.Duration, conns int) (Sample, error) {
 	cs := make([]*net.TCPConn, 0, conns)
 	defer func() {
 		for _, c := range cs {
@@ -211,11 +224,11 @@ func measureRR(ctx context.Context, dial dialFunc, d time.Duration, conns int) (
 	for range conns {
 		c, err := dial(ctx, EchoPort)
 		if err != nil {
-			return sample{}, fmt.Errorf("connection %d of %d: %w", len(cs)+1, conns, err)
+			return Sample{}, fmt.Errorf("connection %d of %d: %w", len(cs)+1, conns, err)
 		}
 		cs = append(cs, c)
 		if err := c.SetNoDelay(true); err != nil {
-			return sample{}, err
+			return Sample{}, err
 		}
 	}
 	var wg sync.WaitGroup
@@ -254,18 +267,18 @@ func measureRR(ctx context.Context, dial dialFunc, d time.Duration, conns int) (
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
-		return sample{}, err
+		return Sample{}, err
 	}
-	var s sample
+	var s Sample
 	last := start
 	for i := range cs {
-		s.lat = append(s.lat, lats[i]...)
+		s.Lat = append(s.Lat, lats[i]...)
 		if finish[i].After(last) {
 			last = finish[i]
 		}
 	}
-	s.ops = int64(len(s.lat))
-	s.bytes = s.ops * RRSize
-	s.elapsed = last.Sub(start)
+	s.Ops = int64(len(s.Lat))
+	s.Bytes = s.Ops * RRSize
+	s.Elapsed = last.Sub(start)
 	return s, nil
 }
