@@ -20,13 +20,13 @@ func BenchmarkReplicatedEcho(b *testing.B) {
 	for _, mode := range []string{"replicated", "unreplicated"} {
 		b.Run(mode, func(b *testing.B) {
 			up := func(b *testing.B) *stack.Stack {
-				hub, client, _, backup, _ := pairUp(b)
+				hub, client, main, backup, _ := pairUp(b)
 				b.Cleanup(func() { b.Logf("hub dropped %d frames", hub.Dropped()) })
 				if mode == "unreplicated" {
 					backup.Stack().Close() // the main goes on alone
 					require.Eventually(b, func() bool {
-						return !backup.Failover().PeerUp()
-					}, 5*time.Second, time.Millisecond)
+						return !main.Failover().PeerUp()
+					}, 5*time.Second, time.Millisecond, "the main never noticed its backup gone")
 				}
 				return client
 			}

@@ -2,8 +2,8 @@
 // node on the backup node, and moves the service to the backup when the
 // main dies, so that clients see a pause and nothing else.
 //
-// STATUS: being built. What exists is listed in the README's status table;
-// this comment is the design the pieces are built to.
+// What works and what does not yet (rejoin of a returning backup to
+// existing connections) is listed in the README's status table.
 //
 // # Roles and epochs
 //
@@ -44,6 +44,7 @@
 // they cannot be replayed or reordered within one. Frames over 1 MiB, with
 // a bad MAC, a wrong seq, an unknown type or a malformed body are counted
 // and logged and the connection is dropped; nothing of them is applied.
+// Heartbeats share the connection with replication (the stack has no UDP).
 // Without sync_key a pair runs only with insecure: true (an all-zero key).
 //
 // # Replication (the invariants of DESIGN.md)
@@ -70,6 +71,35 @@
 //
 // The backup acknowledges log positions cumulatively (SYNCACK with the
 // highest applied seq); the main batches as it likes, never past a gate.
+// What keeps the channel short and cheap:
+//
+//   - Frames are encoded and MAC'd by the goroutine that sends them (for
+//     replication, the connection's own, from inside the stack's hook),
+//     with one intermediate copy of the bytes; the writer goroutine only
+//     writes. A SYNCACK raises each connection's gate once, however many
+//     of its frames it covers.
+//   - A connection's output goes at most outWindow (256 KiB) ahead of what
+//     the backup acknowledged; the rest follows the acknowledgements.
+//     Without the bound one bulk connection queued megabytes on the
+//     channel, ahead of every other connection's updates and the
+//     heartbeats. The client's window bounds the inbound side.
+//   - ACKED is sent when a FIN flag changes, when the client has
+//     acknowledged everything written, or every ackedSlack (64 KiB) of
+//     progress, not per acknowledgement; the standby's send buffer is
+//     tcp.StandbySendSlack larger than the main's to allow for it.
+//
+// One connection's trouble costs only that connection: a backup that
+// cannot apply a message for it (a gap, a full accept queue), or a main
+// that cannot ship it, sends CLOSE DROPPED, and the connection goes on
+// unprotected (counted in Stats.ConnsDropped). Dropping the session
+// instead would look like a dead main to the backup.
+//
+// Liveness: every frame from the peer counts, and so do bytes the stack
+// has received on the sync connection that the reader has not parsed yet
+// (RoleMachine.PeerActivity), so that a node too busy to read does not
+// declare a live peer dead. A starved peer that sends nothing for the
+// whole detection window still looks dead: choose heartbeat_timer x
+// heartbeat_misses above the machines' scheduling delays.
 //
 // # Takeover
 //

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -440,18 +439,20 @@ type session struct {
 	frames int
 	// Effects of frames we sent, applied when the peer acknowledges them.
 	effects []effect
+	// The reader's scratch space for applyEffects.
+	gates     []gateEffect
+	gateIndex map[*stack.Replica]int
 	// What the peer said of itself in this session's heartbeats.
 	peerRole   Role
 	peerBackup bool
 }
 
-// effect is what a replication frame's acknowledgement lets a connection
-// do (its gate opens that far), or, with fn, anything else.
+// effect is what a replication frame's acknowledgement lets its
+// connection do: its gate opens that far.
 type effect struct {
 	seq  uint64
 	at   time.Time // when it was sent: the replication lag's start
 	gate gateEffect
-	fn   func()
 }
 
 // gateEffect raises one connection's gate. The gate's fields only grow,
@@ -488,10 +489,10 @@ func (g gateEffect) apply() {
 	})
 }
 
-// send encodes m (stamped with our epoch) for the writer; eff, if any,
-// runs when the peer has applied it. A main's replication is not sent
-// once this node is no longer the main: the peer must not take it for a
-// main's.
+// send encodes m (stamped with our epoch) for the writer; eff, if it
+// names a connection, takes effect when the peer has applied m. A main's
+// replication is not sent once this node is no longer the main: the peer
+// must not take it for a main's.
 func (s *session) send(m Message, eff effect) {
 	role, epoch := s.n.Role()
 	if isReplication(&m) && role != RoleMain {
@@ -499,27 +500,29 @@ func (s *session) send(m Message, eff effect) {
 	}
 	m.Epoch = epoch
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.done {
+		s.mu.Unlock()
 		return
 	}
 	out, err := s.codec.Enc.AppendFrame(s.out, &m)
 	if err != nil {
 		// A bug (the message was built here): say so and end the session
 		// rather than send a stream the peer cannot follow.
-		s.n.log.Error("sync: encode", "msg", m.String(), "err", err)
 		s.done = true
 		s.cond.Broadcast()
-		go s.c.Close()
+		s.mu.Unlock()
+		s.n.log.Error("sync: encode", "msg", m.String(), "err", err)
+		s.c.Close()
 		return
 	}
 	s.out = out
 	s.frames++
-	if eff.gate.r != nil || eff.fn != nil {
+	if eff.gate.r != nil {
 		eff.seq, eff.at = m.Seq, time.Now()
 		s.effects = append(s.effects, eff)
 	}
 	s.cond.Signal()
+	s.mu.Unlock()
 }
 
 func (n *Node) runSession(ctx context.Context, c *stack.Conn) {
@@ -709,10 +712,11 @@ func (s *session) handle(m *Message) error {
 		for i < len(s.effects) && s.effects[i].seq <= m.Applied {
 			i++
 		}
-		done := slices.Clone(s.effects[:i])
-		s.effects = slices.Delete(s.effects, 0, i)
+		// Later sends append after s.effects[i:], never over done.
+		done := s.effects[:i]
+		s.effects = s.effects[i:]
 		s.mu.Unlock()
-		applyEffects(done)
+		s.applyEffects(done)
 	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
 		if m.Type == MsgClose && m.Close == CloseDropped {
 			if role == RoleMain {
@@ -737,26 +741,26 @@ func (s *session) handle(m *Message) error {
 	return nil
 }
 
-// applyEffects runs acknowledged effects in order, with one gate update
-// per connection.
-func applyEffects(done []effect) {
-	var gates []gateEffect
-	index := map[*stack.Replica]int{}
+// applyEffects applies acknowledged effects with one gate update per
+// connection. Only the session's reader calls it, so the scratch space is
+// the session's.
+func (s *session) applyEffects(done []effect) {
+	if s.gateIndex == nil {
+		s.gateIndex = make(map[*stack.Replica]int)
+	}
+	gates := s.gates[:0]
 	for _, e := range done {
-		if e.fn != nil {
-			e.fn()
-		}
-		if e.gate.r == nil {
-			continue
-		}
-		if i, ok := index[e.gate.r]; ok {
+		if i, ok := s.gateIndex[e.gate.r]; ok {
 			gates[i].merge(e.gate)
 		} else {
-			index[e.gate.r] = len(gates)
+			s.gateIndex[e.gate.r] = len(gates)
 			gates = append(gates, e.gate)
 		}
 	}
 	for _, g := range gates {
 		g.apply()
 	}
+	clear(s.gateIndex)
+	clear(gates) // drop the references to the connections
+	s.gates = gates[:0]
 }

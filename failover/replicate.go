@@ -77,7 +77,7 @@ var _ [tcp.StandbySendSlack - ackedSlack]struct{}
 // Changed ships what is new: inbound bytes (the ACK on the wire waits,
 // invariant 2), outbound bytes (they wait, invariant 3), and the client's
 // progress and closes (a FIN waits, invariant 4). The bytes go from the
-// connection's buffers into the encoded frame with one copy between.
+// connection's buffers into the encoded frame through one scratch buffer.
 func (h *mainHook) Changed(r *stack.Replica) {
 	mc, _ := r.Value.Load().(*mainConn)
 	if mc == nil {
@@ -102,8 +102,8 @@ func (h *mainHook) Changed(r *stack.Replica) {
 		return
 	}
 	mc.out = shipData(s, r, MsgOut, mc.out, mc.buf)
-	if cap(mc.buf) > 2*MaxData {
-		mc.buf = nil // a burst's buffer is not kept for an idle connection
+	if cap(mc.buf) > outWindow {
+		mc.buf = nil // a large burst's buffer is not kept for an idle connection
 	}
 	p := r.ProgressLocked()
 	if p == mc.prog || !progressWorthShipping(mc.prog, p) {

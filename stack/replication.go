@@ -168,7 +168,6 @@ func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
 			// Leave no copy behind in the table: at takeover it would
 			// swallow the client's segments instead of answering them.
 			now := time.Now()
-			ep.goneErr = ErrAcceptQueueFull
 			ep.c.Abort(now)
 			ep.afterLocked(now)
 			return nil, ErrAcceptQueueFull

@@ -67,6 +67,8 @@ func newCollector(src Source) *collector {
 				func(r *Report) float64 { return u(r.StandbysAdopted) }),
 			c("diverged_total", "Hot-standby application writes that differed from the main's output.",
 				func(r *Report) float64 { return u(r.Diverged) }),
+			c("conns_dropped_total", "Connections that stopped being replicated (the main could not ship or the backup could not apply their changes) and went on unprotected.",
+				func(r *Report) float64 { return u(r.ConnsDropped) }),
 
 			c("frames_in_total", "Ethernet frames read from the stack's device.",
 				func(r *Report) float64 { return u(r.FramesIn) }),

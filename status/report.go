@@ -54,6 +54,10 @@ type Report struct {
 	// Diverged counts the times a hot-standby application's output
 	// differed from the main's (failover.Stats.Diverged).
 	Diverged uint64 `json:"diverged"`
+	// ConnsDropped counts the connections one node stopped replicating
+	// because it could not ship or apply their changes; each went on
+	// unprotected (failover.Stats.ConnsDropped).
+	ConnsDropped uint64 `json:"conns_dropped"`
 
 	// FramesIn and FramesOut count Ethernet frames read from and written
 	// to the stack's device (stack.Stats).

@@ -228,6 +228,7 @@ func printReport(w io.Writer, r status.Report) {
 	row("sync frames in/out/bad", fmt.Sprintf("%d / %d / %d", r.SyncFramesIn, r.SyncFramesOut, r.SyncFramesBad))
 	row("standbys adopted", r.StandbysAdopted)
 	row("diverged", r.Diverged)
+	row("replication dropped", r.ConnsDropped)
 	row("frames in/out", fmt.Sprintf("%d / %d", r.FramesIn, r.FramesOut))
 	row("drops", r.Drops)
 	row("tcp segments in/out", fmt.Sprintf("%d / %d", r.TCPSegmentsIn, r.TCPSegmentsOut))
