@@ -263,7 +263,7 @@ func statusSource(st *stack.Stack, fn *failover.Node, start time.Time) status.So
 			ReplicationLag: fn.ReplicationLag().Seconds(),
 			Takeovers:      fs.Takeovers.Load(), StandDowns: fs.StandDowns.Load(),
 			SyncFramesIn: fs.FramesIn.Load(), SyncFramesOut: fs.FramesOut.Load(), SyncFramesBad: fs.BadFrames.Load(),
-			StandbysAdopted: fs.StandbysAdopted.Load(), Diverged: fs.Diverged.Load(),
+			StandbysAdopted: fs.StandbysAdopted.Load(), Diverged: ts.Diverged,
 			ConnsDropped: fs.ConnsDropped.Load(),
 			FramesIn:     ss.FramesIn, FramesOut: ss.FramesOut,
 			Drops: ss.DropShortFrame + ss.DropOtherMAC + ss.DropEtherType + ss.IPv4Malformed + ss.IPv4BadChecksum +

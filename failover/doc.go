@@ -61,8 +61,13 @@
 //     the wire only once the backup holds them (SendLimit). The backup's
 //     own hot-standby handler writes are compared with them (divergence is
 //     logged and counted) and held.
-//  4. CLOSE(conn id, kind): the FIN or RST goes out only once the backup
-//     knows (CloseOK).
+//  4. A FIN goes out only once the backup knows the application closed
+//     (CloseOK, raised by the acknowledgement of the ACKED that carries
+//     FinQueued). CLOSE(conn id, kind) tells the backup a connection
+//     ended (GONE) or is no longer replicated (DROPPED). Not built: an
+//     abort's RST is held by the same gate and lost when the connection
+//     leaves the table, so the client learns of it only from the RST
+//     that answers its next segment.
 //  5. ACKED(conn id, tcp.Progress): the client's progress (snd.una,
 //     snd.wnd, ts.recent, rcv.adv) so the backup trims what the client has
 //     and knows the window and timestamps to continue with, plus the ends

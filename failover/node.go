@@ -41,30 +41,30 @@ type Node struct {
 	peer netip.Addr // the other node's own address
 	key  Key
 
-	mu          sync.Mutex
-	rm          *RoleMachine
-	kick        chan struct{} // wakes the driver: the role machine has news
-	sess        *session      // the live sync session, or nil
-	listeners   map[uint16]*stack.Listener
-	mains       map[tcp.FourTuple]*mainConn
-	standbys    map[tcp.FourTuple]*backupConn
-	stoodDown   atomic.Bool
-	ignoredRepl atomic.Uint64 // replication messages ignored while not a backup
+	mu        sync.Mutex
+	rm        *RoleMachine
+	kick      chan struct{} // wakes the driver: the role machine has news
+	sess      *session      // the live sync session, or nil
+	listeners map[uint16]*stack.Listener
+	mains     map[tcp.FourTuple]*mainConn
+	standbys  map[tcp.FourTuple]*backupConn
+	waiting   map[*backupConn]struct{} // standbys with inbound bytes held (retryLoop)
+	stoodDown atomic.Bool
+	// ignoredRepl counts replication messages not applied: from a peer
+	// that is not the main, or for a copy this backup dropped.
+	ignoredRepl atomic.Uint64
 
 	stats Stats
 }
 
 // Stats counts what the failover layer did and saw.
 type Stats struct {
-	Takeovers, StandDowns                      atomic.Uint64
-	FramesIn, FramesOut, BadFrames, Sessions   atomic.Uint64
-	ConnsReplicated, StandbysAdopted, Diverged atomic.Uint64
+	Takeovers, StandDowns                    atomic.Uint64
+	FramesIn, FramesOut, BadFrames, Sessions atomic.Uint64
+	ConnsReplicated, StandbysAdopted         atomic.Uint64
 	// ConnsDropped counts connections one node stopped replicating (see
 	// CloseDropped); they went on unprotected.
 	ConnsDropped atomic.Uint64
-	// Ignored counts replication messages for connections the backup
-	// does not hold (dropped, or never opened).
-	Ignored atomic.Uint64
 }
 
 // NewNode prepares a node on a running stack. The stack must own the
@@ -87,6 +87,7 @@ func NewNode(cfg config.Config, st *stack.Stack, log *slog.Logger, now time.Time
 		listeners: make(map[uint16]*stack.Listener),
 		mains:     make(map[tcp.FourTuple]*mainConn),
 		standbys:  make(map[tcp.FourTuple]*backupConn),
+		waiting:   make(map[*backupConn]struct{}),
 	}
 	if cfg.SyncKey == PlaceholderKey {
 		log.Warn("sync_key is the placeholder shipped in conf/: anyone can forge sync messages; set your own secret on both nodes")
@@ -318,15 +319,13 @@ func (n *Node) takeOver(now time.Time, epoch uint64) {
 		n.log.Warn("takeover: gratuitous ARP", "err", err)
 	}
 	n.mu.Lock()
-	sbs := make([]*backupConn, 0, len(n.standbys))
-	for _, b := range n.standbys {
-		sbs = append(sbs, b)
-	}
-	n.standbys = make(map[tcp.FourTuple]*backupConn)
+	sbs := n.takeStandbysLocked()
 	n.mu.Unlock()
 	live := 0
 	for _, b := range sbs {
-		b.deliver() // anything held back by a full buffer goes in now
+		b.mu.Lock()
+		n.deliverLocked(b) // anything held back by a full buffer goes in now
+		b.mu.Unlock()
 		if err := b.sb.GoLive(b.sb.WrittenEnd(), 5); err != nil {
 			n.log.Warn("takeover: connection could not go live", "conn", b.sb.ID(), "err", err)
 			continue
@@ -350,8 +349,7 @@ func (n *Node) unprotect() {
 		sess.c.Close()
 	}
 	for _, m := range mains {
-		m.r.Value.Store((*mainConn)(nil)) // not replicated any more
-		m.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+		m.detach()
 	}
 	n.log.Warn("backup lost: serving unprotected", "connections", len(mains))
 }
@@ -424,8 +422,8 @@ func (n *Node) connectLoop(ctx context.Context) {
 //
 // Messages are encoded (and MAC'd) when they are sent, by the goroutine
 // that sends them, into out; the writer goroutine only writes out to the
-// connection. A hook callback so ships a change without copying its
-// bytes twice, and the order of the frames is the order of the sends.
+// connection. A hook callback so ships a change straight from its scratch
+// copy, and the order of the frames is the order of the sends.
 type session struct {
 	n     *Node
 	c     *stack.Conn
@@ -498,6 +496,12 @@ func (s *session) send(m Message, eff effect) {
 	if isReplication(&m) && role != RoleMain {
 		return
 	}
+	s.sendAs(epoch, m, eff)
+}
+
+// sendAs is send for a caller that has just read the role and epoch (the
+// replication hooks, through liveSession).
+func (s *session) sendAs(epoch uint64, m Message, eff effect) {
 	m.Epoch = epoch
 	s.mu.Lock()
 	if s.done {
@@ -683,10 +687,7 @@ func (s *session) handle(m *Message) error {
 		// of the old one, and the main stops replicating connections it
 		// opened before (they carry on unprotected); those opened from
 		// now on are replicated.
-		for _, b := range n.standbys {
-			stale = append(stale, b)
-		}
-		n.standbys = make(map[tcp.FourTuple]*backupConn)
+		stale = n.takeStandbysLocked()
 		for _, m := range n.mains {
 			detached = append(detached, m)
 		}
@@ -701,8 +702,7 @@ func (s *session) handle(m *Message) error {
 		b.sb.Drop()
 	}
 	for _, m := range detached {
-		m.r.Value.Store((*mainConn)(nil))
-		m.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+		m.detach()
 	}
 
 	switch m.Type {
@@ -718,10 +718,8 @@ func (s *session) handle(m *Message) error {
 		s.mu.Unlock()
 		s.applyEffects(done)
 	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
-		if m.Type == MsgClose && m.Close == CloseDropped {
-			if role == RoleMain {
-				n.backupDropped(m.Conn)
-			}
+		if m.Type == MsgClose && m.Close == CloseDropped && role == RoleMain {
+			n.backupDropped(m.Conn)
 			return nil
 		}
 		if role != RoleBackup {

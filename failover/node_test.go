@@ -162,7 +162,7 @@ func TestFailoverKeepsConnections(t *testing.T) {
 	st := backupNode.Failover().Stats()
 	require.Equal(t, uint64(1), st.Takeovers.Load(), "the backup took over once")
 	require.GreaterOrEqual(t, st.StandbysAdopted.Load(), uint64(conns), "every connection was mirrored")
-	require.Zero(t, st.Diverged.Load())
+	require.Zero(t, backupNode.Stack().TCPStats().Diverged)
 	r, _ := backupNode.Failover().Role()
 	require.True(t, r.Serving(), "the backup serves after the takeover, as %v", r)
 }
@@ -188,20 +188,26 @@ func TestBackupDropsOneConnection(t *testing.T) {
 	}
 	_, client, mainNode, backupNode, _ := pairUpWith(t, echoApp, notAccepting)
 	const conns = backlog + 3
+	cs := make([]*stack.Conn, conns)
+	echo := func(i int, when string) {
+		t.Helper()
+		msg := []byte(fmt.Sprintf("connection %d %s\n", i, when))
+		_, err := cs[i].Write(msg)
+		require.NoError(t, err)
+		got := make([]byte, len(msg))
+		_, err = io.ReadFull(cs[i], got)
+		require.NoError(t, err, "connection %d %s", i, when)
+		require.Equal(t, msg, got)
+	}
 	for i := range conns {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c, err := client.DialTCP(ctx, clientAddr, netip.AddrPortFrom(svcAddr, 7))
 		cancel()
 		require.NoError(t, err, "connection %d", i)
 		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		msg := []byte(fmt.Sprintf("connection %d\n", i))
-		_, err = c.Write(msg)
-		require.NoError(t, err)
-		got := make([]byte, len(msg))
-		_, err = io.ReadFull(c, got)
-		require.NoError(t, err, "connection %d", i)
-		require.Equal(t, msg, got)
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		cs[i] = c
+		echo(i, "first")
 	}
 	mst, bst := mainNode.Failover().Stats(), backupNode.Failover().Stats()
 	require.Eventually(t, func() bool { return mst.ConnsDropped.Load() == conns-backlog }, 5*time.Second, time.Millisecond,
@@ -215,4 +221,13 @@ func TestBackupDropsOneConnection(t *testing.T) {
 	require.True(t, mainNode.Failover().PeerUp())
 	require.Equal(t, uint64(backlog), backupNode.Stack().TCPStats().CurrentConnections-1,
 		"no copy of a dropped connection is left in the backup's table (beyond the sync connection)")
+
+	// The dropped connections run ungated: they go on when the backup is
+	// gone too (a gate left in place would hold them for good).
+	backupNode.Stack().Close()
+	require.Eventually(t, func() bool { r, _ := mainNode.Failover().Role(); return r == failover.RoleStandalone },
+		5*time.Second, time.Millisecond, "the main never noticed its backup gone")
+	for i := range conns {
+		echo(i, "alone")
+	}
 }

@@ -10,48 +10,70 @@ import (
 	"github.com/zppratt/rfsis/stack/tcp"
 )
 
-// Lock order: a connection's lock (held in the hook callbacks), then
-// Node.mu, then a session's mu. Nothing calls into a connection while
-// holding Node.mu.
+// Lock order: a connection's lock (held in the hook callbacks), then a
+// backupConn's mu, then Node.mu, then a session's mu. Nothing calls into
+// a connection while holding Node.mu.
 
 // mainConn is the main's record of one replicated connection.
 type mainConn struct {
 	r       *stack.Replica
 	in, out tcp.Seq // ends of the inbound and outbound bytes shipped
 	prog    tcp.Progress
-	buf     []byte
 }
+
+// detach stops replicating the connection: it goes on unprotected.
+// Called outside the connection's callbacks.
+func (mc *mainConn) detach() {
+	mc.r.Value.Store((*mainConn)(nil))
+	mc.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+}
+
+// scratch holds the bytes of one change on their way from a connection's
+// buffers into frames; pooled, so that neither a connection keeps one nor
+// a change allocates one.
+var scratch = sync.Pool{New: func() any { return new([]byte) }}
 
 // mainHook is the Node seen as the stack's ReplicationHook.
 type mainHook Node
 
 func (h *mainHook) node() *Node { return (*Node)(h) }
 
-func (n *Node) liveSession() *session {
+// liveSession returns the session to replicate on and its epoch, nil if
+// this node does not replicate now.
+func (n *Node) liveSession() (*session, uint64) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.rm.Role() != RoleMain {
-		return nil
+		return nil, 0
 	}
-	return n.sess
+	return n.sess, n.rm.Epoch()
 }
 
 // Opened ships the opening record; the SYN-ACK waits for its
-// acknowledgement (invariant 1).
+// acknowledgement (invariant 1). Only the service's connections are
+// replicated: one to the node's own address (the sync port, say) has no
+// copy to take over.
 func (h *mainHook) Opened(r *stack.Replica, snap tcp.Snapshot) {
 	n := h.node()
-	s := n.liveSession()
-	if s == nil {
-		r.SetGateLocked(tcp.Gate{}) // no backup: serve unprotected
+	id := r.ID()
+	mc := &mainConn{r: r, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked(), prog: r.ProgressLocked()}
+	n.mu.Lock()
+	s, epoch := n.sess, n.rm.Epoch()
+	serve := n.rm.Role() == RoleMain && s != nil && id.LocalAddr == n.svc && n.listeners[id.LocalPort] != nil
+	if serve {
+		// Registered in the same hold as the session is read: a new
+		// session, or the loss of this one, detaches it (and so opens
+		// its gate) even if the OPEN below never leaves.
+		n.mains[id] = mc
+	}
+	n.mu.Unlock()
+	if !serve {
+		r.SetGateLocked(tcp.Gate{}) // unprotected
 		return
 	}
-	mc := &mainConn{r: r, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked(), prog: r.ProgressLocked()}
 	r.Value.Store(mc)
-	n.mu.Lock()
-	n.mains[r.ID()] = mc
-	n.mu.Unlock()
 	n.stats.ConnsReplicated.Add(1)
-	s.send(Message{Type: MsgOpen, Conn: r.ID(), Snapshot: &snap}, effect{gate: gateEffect{r: r, openOK: true}})
+	s.sendAs(epoch, Message{Type: MsgOpen, Conn: id, Snapshot: &snap}, effect{gate: gateEffect{r: r, openOK: true}})
 }
 
 // outWindow bounds the output bytes of one connection shipped to the
@@ -83,30 +105,43 @@ func (h *mainHook) Changed(r *stack.Replica) {
 	if mc == nil {
 		return
 	}
-	n := h.node()
-	s := n.liveSession()
-	if s == nil {
-		return // the gates hold until the role machine decides
-	}
-	var err error
-	if mc.buf, err = r.AppendReceivedLocked(mc.buf[:0], mc.in); err != nil {
-		n.stopReplicatingLocked(s, r, fmt.Errorf("inbound bytes: %w", err))
-		return
-	}
-	mc.in = shipData(s, r, MsgIn, mc.in, mc.buf)
 	// Output goes at most outWindow ahead of what the backup holds; the
 	// backup's acknowledgement calls Changed again for the rest.
 	room := outWindow - int(mc.out.Sub(r.GateLocked().SendLimit))
-	if mc.buf, err = r.AppendWrittenLocked(mc.buf[:0], mc.out, room); err != nil {
-		n.stopReplicatingLocked(s, r, fmt.Errorf("outbound bytes: %w", err))
+	p := r.ProgressLocked()
+	newIn := r.ReceivedEndLocked() != mc.in
+	newOut := room > 0 && r.WrittenEndLocked() != mc.out
+	newProg := progressWorthShipping(mc.prog, p)
+	if !newIn && !newOut && !newProg {
 		return
 	}
-	mc.out = shipData(s, r, MsgOut, mc.out, mc.buf)
-	if cap(mc.buf) > outWindow {
-		mc.buf = nil // a large burst's buffer is not kept for an idle connection
+	n := h.node()
+	s, epoch := n.liveSession()
+	if s == nil {
+		return // the gates hold until the role machine decides
 	}
-	p := r.ProgressLocked()
-	if p == mc.prog || !progressWorthShipping(mc.prog, p) {
+	bp := scratch.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= outWindow {
+			scratch.Put(bp)
+		}
+	}()
+	var err error
+	if newIn {
+		if *bp, err = r.AppendReceivedLocked((*bp)[:0], mc.in); err != nil {
+			n.stopReplicatingLocked(s, r, fmt.Errorf("inbound bytes: %w", err))
+			return
+		}
+		mc.in = shipData(s, epoch, r, MsgIn, mc.in, *bp)
+	}
+	if newOut {
+		if *bp, err = r.AppendWrittenLocked((*bp)[:0], mc.out, room); err != nil {
+			n.stopReplicatingLocked(s, r, fmt.Errorf("outbound bytes: %w", err))
+			return
+		}
+		mc.out = shipData(s, epoch, r, MsgOut, mc.out, *bp)
+	}
+	if !newProg {
 		return
 	}
 	mc.prog = p
@@ -114,12 +149,12 @@ func (h *mainHook) Changed(r *stack.Replica) {
 	if p.PeerFin {
 		g.hasAck, g.ackLimit = true, p.ReceivedEnd+1 // the FIN
 	}
-	s.send(Message{Type: MsgAcked, Conn: r.ID(), Progress: p}, effect{gate: g})
+	s.sendAs(epoch, Message{Type: MsgAcked, Conn: r.ID(), Progress: p}, effect{gate: g})
 }
 
 // shipData sends data, the bytes from seq, as IN or OUT messages and
 // returns the end of what it shipped.
-func shipData(s *session, r *stack.Replica, t MsgType, seq tcp.Seq, data []byte) tcp.Seq {
+func shipData(s *session, epoch uint64, r *stack.Replica, t MsgType, seq tcp.Seq, data []byte) tcp.Seq {
 	for len(data) > 0 {
 		k := min(len(data), MaxData)
 		end := seq.Add(uint32(k))
@@ -129,7 +164,7 @@ func shipData(s *session, r *stack.Replica, t MsgType, seq tcp.Seq, data []byte)
 		} else {
 			g.hasSend, g.sendLimit = true, end
 		}
-		s.send(Message{Type: t, Conn: r.ID(), DataSeq: seq, Data: data[:k]}, effect{gate: g})
+		s.sendAs(epoch, Message{Type: t, Conn: r.ID(), DataSeq: seq, Data: data[:k]}, effect{gate: g})
 		seq, data = end, data[k:]
 	}
 	return seq
@@ -156,8 +191,8 @@ func (h *mainHook) Gone(r *stack.Replica) {
 	n.mu.Lock()
 	delete(n.mains, r.ID())
 	n.mu.Unlock()
-	if s := n.liveSession(); s != nil {
-		s.send(Message{Type: MsgClose, Conn: r.ID(), Close: CloseGone}, effect{})
+	if s, epoch := n.liveSession(); s != nil {
+		s.sendAs(epoch, Message{Type: MsgClose, Conn: r.ID(), Close: CloseGone}, effect{})
 	}
 }
 
@@ -165,6 +200,7 @@ func (h *mainHook) Gone(r *stack.Replica) {
 // (a bug, not a condition of the network): it goes on unprotected and
 // the backup drops its copy. Called from a hook callback.
 func (n *Node) stopReplicatingLocked(s *session, r *stack.Replica, why error) {
+	// Not detach: the connection's lock is held here.
 	n.log.Error("replication: cannot ship a connection's changes; it goes on unprotected", "conn", r.ID(), "err", why)
 	n.mu.Lock()
 	delete(n.mains, r.ID())
@@ -187,8 +223,7 @@ func (n *Node) backupDropped(id tcp.FourTuple) {
 	}
 	n.log.Warn("the backup dropped its copy of a connection; it goes on unprotected", "conn", id)
 	n.stats.ConnsDropped.Add(1)
-	mc.r.Value.Store((*mainConn)(nil))
-	mc.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+	mc.detach()
 }
 
 // dropStandby handles a replication message the backup cannot apply: it
@@ -197,11 +232,7 @@ func (n *Node) backupDropped(id tcp.FourTuple) {
 // dropped session would look like a dead main.
 func (n *Node) dropStandby(s *session, m *Message, why error) {
 	n.log.Warn("sync: cannot apply a message; dropping that connection's copy", "msg", m.String(), "err", why)
-	n.mu.Lock()
-	b := n.standbys[m.Conn]
-	delete(n.standbys, m.Conn)
-	n.mu.Unlock()
-	if b != nil {
+	if b := n.forgetStandby(m.Conn); b != nil {
 		b.sb.Drop()
 	}
 	n.stats.ConnsDropped.Add(1)
@@ -214,39 +245,66 @@ type backupConn struct {
 	mu      sync.Mutex // the reader and the retry loop both deliver
 	pending []byte     // inbound bytes held, waiting for buffer space
 	prog    tcp.Progress
-	hasProg bool
+	// progNew: prog has not been applied since it arrived or since bytes
+	// it may place a FIN after went in.
+	progNew bool
 }
 
-// deliver moves held inbound bytes into the standby connection as its
-// buffer allows, then applies the latest progress (which may place a FIN
-// after them).
-func (b *backupConn) deliver() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.deliverLocked()
-}
-
-func (b *backupConn) deliverLocked() error {
+// deliverLocked moves held inbound bytes into the standby connection as
+// its buffer allows, then applies the latest progress (which may place a
+// FIN after them), and keeps the node's list of copies with bytes held.
+func (n *Node) deliverLocked(b *backupConn) error {
 	if len(b.pending) > 0 {
 		k, err := b.sb.Receive(b.sb.ReceivedEnd(), b.pending)
-		if errors.Is(err, stack.ErrStandbyGone) {
+		if err != nil {
 			return err
 		}
-		if err == nil {
+		if k > 0 {
 			b.pending = b.pending[:copy(b.pending, b.pending[k:])]
+			b.progNew = true
 		}
 	}
-	if b.hasProg {
-		if err := b.sb.Progress(b.prog); errors.Is(err, stack.ErrStandbyGone) {
-			return err
-		}
+	n.mu.Lock()
+	if len(b.pending) > 0 {
+		n.waiting[b] = struct{}{}
+	} else {
+		delete(n.waiting, b)
+	}
+	n.mu.Unlock()
+	if b.progNew {
+		b.progNew = false
+		return b.sb.Progress(b.prog)
 	}
 	return nil
 }
 
+// takeStandbysLocked empties the table of standby copies and returns
+// them. The caller holds n.mu.
+func (n *Node) takeStandbysLocked() []*backupConn {
+	sbs := make([]*backupConn, 0, len(n.standbys))
+	for _, b := range n.standbys {
+		sbs = append(sbs, b)
+	}
+	n.standbys = make(map[tcp.FourTuple]*backupConn)
+	clear(n.waiting)
+	return sbs
+}
+
+// forgetStandby removes one copy from the node's tables and returns it
+// (nil if it had none).
+func (n *Node) forgetStandby(id tcp.FourTuple) *backupConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	b := n.standbys[id]
+	delete(n.standbys, id)
+	delete(n.waiting, b)
+	return b
+}
+
 // applyReplication applies one replication message on the backup. The
 // bytes are held (in the standby connection or, when its buffer is full,
-// beside it) before the message counts as applied.
+// beside it) before the message counts as applied. A message for a
+// connection the backup holds no copy of is ignored.
 func (n *Node) applyReplication(m *Message) error {
 	n.mu.Lock()
 	b := n.standbys[m.Conn]
@@ -269,8 +327,8 @@ func (n *Node) applyReplication(m *Message) error {
 	}
 	if b == nil {
 		// A copy dropped (dropStandby) while the main's messages for it
-		// were in flight, or one that ended: nothing to apply.
-		n.stats.Ignored.Add(1)
+		// were in flight: nothing to apply.
+		n.ignoredRepl.Add(1)
 		return nil
 	}
 	switch m.Type {
@@ -280,13 +338,23 @@ func (n *Node) applyReplication(m *Message) error {
 		if want := b.sb.ReceivedEnd().Add(uint32(len(b.pending))); m.DataSeq != want {
 			return fmt.Errorf("IN at %d, expected %d", m.DataSeq, want)
 		}
-		b.pending = append(b.pending, m.Data...)
-		return b.deliverLocked()
+		data := m.Data
+		if len(b.pending) == 0 {
+			// Straight into the standby; only what does not fit waits.
+			k, err := b.sb.Receive(m.DataSeq, data)
+			if err != nil {
+				return err
+			}
+			data = data[k:]
+			b.progNew = b.progNew || k > 0
+		}
+		b.pending = append(b.pending, data...)
+		return n.deliverLocked(b)
 	case MsgOut:
 		k, err := b.sb.Written(m.DataSeq, m.Data)
 		switch {
 		case errors.Is(err, stack.ErrDiverged):
-			n.stats.Diverged.Add(1)
+			// Counted by the stack (TCPStats.Diverged).
 			n.log.Warn("hot standby output differs from the main's", "conn", m.Conn)
 		case err != nil:
 			return err
@@ -299,21 +367,21 @@ func (n *Node) applyReplication(m *Message) error {
 	case MsgAcked:
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		b.prog, b.hasProg = m.Progress, true
-		return b.deliverLocked()
+		b.prog, b.progNew = m.Progress, true
+		return n.deliverLocked(b)
 	case MsgClose:
-		n.mu.Lock()
-		delete(n.standbys, m.Conn)
-		n.mu.Unlock()
+		n.forgetStandby(m.Conn)
 		b.sb.Drop()
 	}
 	return nil
 }
 
-// retryLoop delivers held inbound bytes as standby applications read.
+// retryLoop delivers held inbound bytes as standby applications read:
+// only the copies with bytes held, so that idle ones cost nothing.
 func (n *Node) retryLoop(ctx interface{ Done() <-chan struct{} }) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
+	var waiting []*backupConn
 	for {
 		select {
 		case <-ctx.Done():
@@ -321,13 +389,16 @@ func (n *Node) retryLoop(ctx interface{ Done() <-chan struct{} }) {
 		case <-t.C:
 		}
 		n.mu.Lock()
-		waiting := make([]*backupConn, 0, len(n.standbys))
-		for _, b := range n.standbys {
+		for b := range n.waiting {
 			waiting = append(waiting, b)
 		}
 		n.mu.Unlock()
 		for _, b := range waiting {
-			b.deliver()
+			b.mu.Lock()
+			n.deliverLocked(b) // an error surfaces with the next message
+			b.mu.Unlock()
 		}
+		clear(waiting)
+		waiting = waiting[:0]
 	}
 }

@@ -52,7 +52,7 @@ type Report struct {
 	// (failover.Stats.StandbysAdopted).
 	StandbysAdopted uint64 `json:"standbys_adopted"`
 	// Diverged counts the times a hot-standby application's output
-	// differed from the main's (failover.Stats.Diverged).
+	// differed from the main's (stack.TCPStats.Diverged).
 	Diverged uint64 `json:"diverged"`
 	// ConnsDropped counts the connections one node stopped replicating
 	// because it could not ship or apply their changes; each went on
