@@ -100,9 +100,9 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 		}
 		dev = d
 	}
-	// The stack's primary address is the node's own; the main also owns
-	// the service address, held silent until the failover layer says it
-	// may serve.
+	// The stack's primary address is the node's own; on the main the
+	// failover layer adds the service address, held silent until it may
+	// serve (failover.NewNode).
 	own := cfg.OwnAddr()
 	scfg := stack.Default()
 	scfg.Addr = own
@@ -119,17 +119,6 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 	role := "main"
 	if cfg.Backup {
 		role = "backup"
-	} else {
-		if own != cfg.IPv4Addr {
-			if err := st.AddAddress(cfg.IPv4Addr); err != nil {
-				return fmt.Errorf("rfsis: service address: %w", err)
-			}
-		}
-		exempt := uint16(0)
-		if own == cfg.IPv4Addr {
-			exempt = cfg.SyncPort
-		}
-		st.Hold(cfg.IPv4Addr, exempt)
 	}
 	fn, err := failover.NewNode(cfg, st, log, time.Now())
 	if err != nil {
@@ -141,12 +130,10 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 		if err != nil {
 			return err
 		}
-		addr, err := srv.Start()
-		if err != nil {
+		if _, err := srv.Start(); err != nil {
 			return fmt.Errorf("rfsis: status_addr: %w", err)
 		}
-		defer srv.Close()
-		log.Info("status endpoint up", "addr", addr.String())
+		defer srv.Close() // Start logged the address
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -1,9 +1,7 @@
 package failover_test
 
 import (
-	"context"
 	"io"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -76,13 +74,4 @@ func benchEcho(b *testing.B, up func(*testing.B) *stack.Stack) {
 		}
 		require.NoError(b, <-done)
 	})
-}
-
-func dialEcho(tb testing.TB, client *stack.Stack) *stack.Conn {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := client.DialTCP(ctx, clientAddr, netip.AddrPortFrom(svcAddr, 7))
-	require.NoError(tb, err)
-	tb.Cleanup(func() { c.Close() })
-	return c
 }

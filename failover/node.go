@@ -68,8 +68,9 @@ type Stats struct {
 }
 
 // NewNode prepares a node on a running stack. The stack must own the
-// node's own address (backup_addr or main_addr); a main's stack also owns
-// the service address, held until the role machine says it may serve.
+// node's own address (backup_addr or main_addr). On the main, NewNode
+// adds the service address, held until the role machine says it may
+// serve.
 func NewNode(cfg config.Config, st *stack.Stack, log *slog.Logger, now time.Time) (*Node, error) {
 	if err := cfg.RequireSyncKey(); err != nil {
 		return nil, err
@@ -94,6 +95,14 @@ func NewNode(cfg config.Config, st *stack.Stack, log *slog.Logger, now time.Time
 	}
 	if cfg.Insecure && cfg.SyncKey == "" {
 		log.Warn("sync channel is not authenticated: insecure is set and sync_key is empty")
+	}
+	if !cfg.Backup {
+		if !st.HasAddress(n.svc) {
+			if err := st.AddAddress(n.svc); err != nil {
+				return nil, fmt.Errorf("failover: service address: %w", err)
+			}
+		}
+		n.holdService()
 	}
 	if n.own == n.svc {
 		log.Warn("main_addr is not set: the main's sync channel uses the service address, so a frozen main that wakes up cannot reach its peer before it must decide; set main_addr")
@@ -284,6 +293,17 @@ func (n *Node) applyReady(now time.Time) error {
 	return nil
 }
 
+// holdService silences the service address. When it is also the node's
+// own address (no main_addr), the sync port stays open: the node must
+// still hear its peer to learn whether it may serve.
+func (n *Node) holdService() {
+	exempt := uint16(0)
+	if n.own == n.svc {
+		exempt = n.cfg.SyncPort
+	}
+	n.st.Hold(n.svc, exempt)
+}
+
 // setHold holds or releases the service address, when this node has it.
 func (n *Node) setHold(hold bool) {
 	if !n.st.HasAddress(n.svc) {
@@ -292,11 +312,7 @@ func (n *Node) setHold(hold bool) {
 	was := n.st.Held(n.svc)
 	switch {
 	case hold && !was:
-		exempt := uint16(0)
-		if n.own == n.svc {
-			exempt = n.cfg.SyncPort
-		}
-		n.st.Hold(n.svc, exempt)
+		n.holdService()
 		n.log.Info("holding the service address", "addr", n.svc)
 	case !hold && was:
 		n.st.Unhold()
@@ -408,8 +424,7 @@ func (n *Node) connectLoop(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		if !c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().IsValid() ||
-			c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap() != n.peer {
+		if c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap() != n.peer {
 			c.Close() // only the configured peer may sync with us
 			continue
 		}

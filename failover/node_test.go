@@ -200,13 +200,8 @@ func TestBackupDropsOneConnection(t *testing.T) {
 		require.Equal(t, msg, got)
 	}
 	for i := range conns {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		c, err := client.DialTCP(ctx, clientAddr, netip.AddrPortFrom(svcAddr, 7))
-		cancel()
-		require.NoError(t, err, "connection %d", i)
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		cs[i] = c
+		cs[i] = dialEcho(t, client)
+		cs[i].SetDeadline(time.Now().Add(20 * time.Second))
 		echo(i, "first")
 	}
 	mst, bst := mainNode.Failover().Stats(), backupNode.Failover().Stats()
@@ -230,4 +225,14 @@ func TestBackupDropsOneConnection(t *testing.T) {
 	for i := range conns {
 		echo(i, "alone")
 	}
+}
+
+// dialEcho connects the client to the service, closed at the end of tb.
+func dialEcho(tb testing.TB, client *stack.Stack) *stack.Conn {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.DialTCP(ctx, clientAddr, netip.AddrPortFrom(svcAddr, 7))
+	require.NoError(tb, err)
+	tb.Cleanup(func() { c.Close() })
+	return c
 }
