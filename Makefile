@@ -10,7 +10,7 @@ all: ## Build ./echoserver (the demo echo server) at the repository root
 	$(GO) build -o echoserver ./cmd/echoserver
 
 help: ## List the targets
-	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 # The failover acceptance tests (internal/takeover) run real processes
 # with 10 ms heartbeats: they need a quiet machine, so they run alone,
@@ -32,7 +32,7 @@ vet: ## go vet, gofmt check, and staticcheck when installed
 	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; \
 	else echo "staticcheck not installed; skipped"; fi
 
-bench: ## RFSIS vs kernel TCP, as root (~1.5 min; BENCHMARKS.md): go test -run '^$' -bench . -benchtime 1x -count 1 -timeout 20m ./internal/bench
+bench: ## RFSIS vs kernel TCP, and the cost of replication, as root (~1.5 min; BENCHMARKS.md): go test -run '^$' -bench . -benchtime 1x -count 1 -timeout 20m ./internal/bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./internal/bench
 
 # The failover comparison (internal/failbench, BENCHMARKS.md): RFSIS

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/zppratt/rfsis/internal/netns"
+	"github.com/zppratt/rfsis/internal/progtest"
 )
 
 // Environment knobs (all optional).
@@ -24,14 +25,15 @@ const (
 	// durationEnv sets how long each test runs against each server (a
 	// time.ParseDuration string, 5s by default), in two halves (see abba).
 	durationEnv = "RFSIS_BENCH_DURATION"
-	// reportEnv names a file to which the final report is written too.
+	// reportEnv names a file to which the final reports are written too
+	// (writeReport).
 	reportEnv = "RFSIS_BENCH_REPORT"
-	// perfEnv names a directory: each RFSIS measurement is then profiled
-	// with `perf record -g -p <server pid>` into <dir>/<test>.perf.data.
+	// perfEnv names a directory: each RFSIS slice is then profiled with
+	// `perf record -g -p <server pid>` into <dir>/<test>-<slice>.perf.data.
 	perfEnv = "RFSIS_BENCH_PERF"
-	// pcapEnv names a directory: the client's side of each RFSIS
-	// measurement is then captured (headers, first 300000 frames) with
-	// tcpdump into <dir>/<test>.pcap. Capturing slows the client down.
+	// pcapEnv names a directory: the client's side of each RFSIS slice is
+	// then captured (headers, first 300000 frames) with tcpdump into
+	// <dir>/<test>-<slice>.pcap. Capturing slows the client down.
 	pcapEnv = "RFSIS_BENCH_PCAP"
 )
 
@@ -114,8 +116,8 @@ func (r *result) percentile(p float64) float64 {
 
 // env is one topology with its servers, shared by all measurements.
 type env struct {
+	runInfo
 	tp       *netns.Topology
-	dur      time.Duration
 	bins     string // directory of the built binaries
 	config   string // the RFSIS config file
 	kernel   *netns.Process
@@ -124,11 +126,6 @@ type env struct {
 	results  map[string]*result
 	order    []string
 	rfsisEnd string // rfsissink's exit log line (stack counters)
-	started  time.Time
-	loadavg  string
-	// background is the machine's busy CPUs (cores) during the second
-	// before the benchmark.
-	background float64
 }
 
 // BenchmarkVsKernel measures RFSIS against the Linux kernel's TCP through the
@@ -153,38 +150,16 @@ func BenchmarkVsKernel(b *testing.B) {
 	if runCtx.Err() != nil {
 		b.Fatal("interrupted")
 	}
-	rep := e.report()
-	fmt.Print(rep)
-	if path := os.Getenv(reportEnv); path != "" {
-		if err := os.WriteFile(path, []byte(rep), 0o644); err != nil {
-			b.Error(err)
-		}
-	}
+	writeReport(b, e.report())
 }
 
 func setup(b *testing.B) *env {
-	e := &env{dur: 5 * time.Second, results: map[string]*result{}, started: time.Now(), perfDir: os.Getenv(perfEnv)}
-	if s := os.Getenv(durationEnv); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 {
-			b.Fatalf("%s=%q: want a positive duration", durationEnv, s)
-		}
-		e.dur = d
-	}
-	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
-		e.loadavg = strings.TrimSpace(string(la))
-	}
-	// Other load on the machine skews everything here; measure it.
-	if m0, err := MachineCPU(); err == nil {
-		t0 := time.Now()
-		time.Sleep(time.Second)
-		if m1, err := MachineCPU(); err == nil {
-			e.background = (m1 - m0).Seconds() / time.Since(t0).Seconds()
-		}
-	}
+	e := &env{runInfo: newRunInfo(b), results: map[string]*result{}, perfDir: os.Getenv(perfEnv)}
 	e.bins = b.TempDir()
-	if err := build(e.bins); err != nil {
-		b.Fatal(err)
+	for _, pkg := range []string{"./cmd/echoserver", "./internal/bench/rfsissink"} {
+		if _, err := progtest.Build(e.bins, pkg, false); err != nil {
+			b.Fatal(err)
+		}
 	}
 	e.tp = netns.New(b, netns.Options{Nodes: 1, NodeKernelAddrs: true})
 	e.config = writeConfig(b, e.tp)
@@ -202,29 +177,6 @@ func setup(b *testing.B) *env {
 	b.Logf("kernel server pid %d on %s; RFSIS on %s (%s in %s)", e.kernel.Pid(),
 		e.tp.NodeKernelAddr(0), e.tp.ServiceAddr(), netns.NodeTAP, e.tp.Node(0).Name())
 	return e
-}
-
-// goTool is the go command: `go test` puts its GOROOT/bin first on PATH.
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return "go"
-}
-
-// build builds cmd/echoserver and ./rfsissink into dir.
-func build(dir string) error {
-	gomod, err := exec.Command(goTool(), "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	root := filepath.Dir(strings.TrimSpace(string(gomod)))
-	cmd := exec.Command(goTool(), "build", "-o", dir+string(filepath.Separator), "./cmd/echoserver", "./internal/bench/rfsissink")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build in %s: %w\n%s", root, err, out)
-	}
-	return nil
 }
 
 // writeConfig writes the RFSIS configuration for node 0 of tp.
@@ -276,7 +228,7 @@ func (e *env) startRFSIS(b *testing.B, prog, ready string, port int) {
 	e.rfsis = p
 	waitOutput(b, p, ready)
 	t0 := time.Now()
-	if err := e.waitServing(port); err != nil {
+	if err := waitServing(e.tp, port); err != nil {
 		b.Fatalf("%s pid %d: %v\noutput:\n%s", prog, p.Pid(), err, p.Output())
 	}
 	b.Logf("%s pid %d serving %s:%d (%v after listening)", prog, p.Pid(), e.tp.ServiceAddr(), port,
@@ -286,8 +238,8 @@ func (e *env) startRFSIS(b *testing.B, prog, ready string, port int) {
 // waitServing waits until the RFSIS service accepts connections: a lone
 // main holds its service address silent for one failover detection window
 // (3 s with the defaults) before it serves.
-func (e *env) waitServing(port int) error {
-	dial := e.dialer(e.tp.ServiceAddr())
+func waitServing(tp *netns.Topology, port int) error {
+	dial := dialer(tp.Client(), tp.ServiceAddr())
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(runCtx, 300*time.Millisecond)
@@ -328,11 +280,13 @@ func (e *env) stopRFSIS(b *testing.B) string {
 	return ""
 }
 
-func (e *env) dialer(addr netip.Addr) DialFunc {
+// dialer connects from the kernel of namespace from to ports of addr,
+// each connect bounded by 10 s.
+func dialer(from *netns.NS, addr netip.Addr) DialFunc {
 	return func(ctx context.Context, port int) (*net.TCPConn, error) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		c, err := e.tp.Client().Dial(dctx, "tcp4", netip.AddrPortFrom(addr, uint16(port)).String())
+		c, err := from.Dial(dctx, "tcp4", netip.AddrPortFrom(addr, uint16(port)).String())
 		if err != nil {
 			return nil, err
 		}
@@ -404,7 +358,7 @@ func (e *env) measure(b *testing.B, t testDef, r *result, slice int) {
 	name := fmt.Sprintf("%s-%d", r.test, slice)
 	perfDone := e.startPerf(b, name, r.impl, proc)
 	pcapDone := e.startPcap(b, name, r.impl)
-	s, err := t.run(runCtx, e.dialer(addr), e.dur/2)
+	s, err := t.run(runCtx, dialer(e.tp.Client(), addr), e.dur/2)
 	perfDone()
 	pcapDone()
 	if err != nil && runCtx.Err() != nil {

@@ -5,7 +5,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -13,23 +12,6 @@ import (
 	"sync"
 	"syscall"
 )
-
-// kernelEchoEnv=buffer makes the kernel baseline's echo copy through a
-// 32 KiB user buffer (what io.Copy does on an RFSIS Conn) instead of
-// io.Copy(c, c) on a *net.TCPConn, which Go turns into splice(2) through a
-// pipe: the data then never enters user space.
-const kernelEchoEnv = "RFSIS_BENCH_KERNEL_ECHO"
-
-// Echo copies c to itself until EOF: the kernel baseline's echo handler
-// (see kernelEchoEnv).
-func Echo(c net.Conn) {
-	if os.Getenv(kernelEchoEnv) == "buffer" {
-		// Hide ReadFrom/WriteTo so io.CopyBuffer uses the buffer.
-		io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 32<<10))
-		return
-	}
-	io.Copy(c, c)
-}
 
 // KernelServer is the kernel-TCP baseline: the echo, sink and source
 // services of package bench on addr, with the same handler code as the RFSIS
@@ -70,22 +52,6 @@ func KernelServer(addr string) error {
 	fmt.Println("kernel server listening on", addr)
 	<-ctx.Done()
 	return nil
-}
-
-// Serve runs handle on every connection l accepts, each on its own
-// goroutine, and closes the connection when handle returns. It returns
-// when Accept fails (l closed), without waiting for the handlers.
-func Serve(l net.Listener, handle func(net.Conn)) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			handle(c)
-		}()
-	}
 }
 
 // CancelOnInterrupt returns a context cancelled at the first SIGINT or

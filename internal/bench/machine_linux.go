@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,47 @@ func CPUModel() string {
 	return "?"
 }
 
+// Machine is what a report says about the machine: its CPUs, kernel and
+// Go, and its other load just before the run.
+type Machine struct {
+	CPUs          int
+	Model, Kernel string // CPUModel, KernelRelease
+	Go            string // runtime.Version
+	// Busy is how many CPUs were busy, on average, during the second
+	// before the run (MachineCPU); negative if unknown.
+	Busy float64
+	// LoadAvg is the 1, 5 and 15 minute load averages, or "?".
+	LoadAvg string
+}
+
+// MeasureMachine describes the machine and measures its other load: it
+// takes one second, since any other load skews what a benchmark measures.
+func MeasureMachine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Model: CPUModel(), Kernel: KernelRelease(), Go: runtime.Version(), Busy: -1, LoadAvg: "?"}
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		if f := strings.Fields(string(la)); len(f) >= 3 {
+			m.LoadAvg = strings.Join(f[:3], " ")
+		}
+	}
+	if m0, err := MachineCPU(); err == nil {
+		t0 := time.Now()
+		time.Sleep(time.Second)
+		if m1, err := MachineCPU(); err == nil {
+			m.Busy = (m1 - m0).Seconds() / time.Since(t0).Seconds()
+		}
+	}
+	return m
+}
+
+func (m Machine) String() string {
+	busy := "?"
+	if m.Busy >= 0 {
+		busy = fmt.Sprintf("%.2f", m.Busy)
+	}
+	return fmt.Sprintf("%d CPUs (%s), Linux %s, %s; before the run %s cores busy, load average %s",
+		m.CPUs, m.Model, m.Kernel, m.Go, busy, m.LoadAvg)
+}
+
 // KernelRelease is the running kernel's release, or "?".
 func KernelRelease() string {
 	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
@@ -45,11 +87,9 @@ func KernelRelease() string {
 	return strings.TrimSpace(string(b))
 }
 
-// VCSInfo is the commit the benchmark ran on, and whether the working tree
-// had changes. It only reads: GIT_OPTIONAL_LOCKS=0 keeps `git status` from
-// refreshing the index.
 // VCSInfo names the code measured: the git revision of the working
-// directory, and whether tracked files had uncommitted changes.
+// directory, and whether tracked files had uncommitted changes. It only
+// reads: GIT_OPTIONAL_LOCKS=0 keeps `git status` from refreshing the index.
 func VCSInfo() string {
 	git := func(args ...string) (string, error) {
 		cmd := exec.Command("git", args...)

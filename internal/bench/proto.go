@@ -5,11 +5,13 @@
 // kernel baseline). The only difference between the two paths is the TAP
 // plus the user-space stack versus the node kernel's own TCP.
 //
-// The benchmark itself is BenchmarkVsKernel in the package's tests; run it
-// with `make bench` (see BENCHMARKS.md for the command and a reading of the
-// figures). This file holds the small wire protocol both kinds of server
-// speak, so the RFSIS sink/source program (./rfsissink) and the kernel
-// baseline run the very same handler code:
+// The benchmarks themselves are in the package's tests: BenchmarkVsKernel,
+// and BenchmarkReplicated (the cost of replication: the echo server with
+// and without its backup); `make bench` runs both (see BENCHMARKS.md for
+// the commands and a reading of the figures). This file holds the small
+// wire protocol both kinds of server speak, so the RFSIS sink/source
+// program (./rfsissink) and the kernel baseline run the very same handler
+// code:
 //
 //   - echo (EchoPort): io.Copy(c, c), as cmd/echoserver does;
 //   - sink (SinkPort): the client sends bytes and half-closes; the server
@@ -21,8 +23,9 @@
 //
 // The client side of the measurements (MeasureEcho, MeasureRR, …), the
 // kernel baseline server (KernelServer) and the machine description
-// (CPUModel, …) are ordinary code too, so that the failover benchmark
-// (internal/failbench) measures the steady-state cost with the same code.
+// (MeasureMachine, …) are ordinary code too, so that the failover
+// benchmark (internal/failbench) measures the steady-state cost with the
+// same code. Serve and Echo, like the protocol, build on every system.
 package bench
 
 import (
@@ -30,6 +33,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 )
 
 // Ports of the three services, the same for RFSIS and the kernel baseline.
@@ -99,4 +103,37 @@ func Pattern(n int) []byte {
 		b[i] = byte(i*7 + i>>8)
 	}
 	return b
+}
+
+// kernelEchoEnv=buffer makes the kernel baseline's echo copy through a
+// 32 KiB user buffer (what io.Copy does on an RFSIS Conn) instead of
+// io.Copy(c, c) on a *net.TCPConn, which Go turns into splice(2) through a
+// pipe: the data then never enters user space.
+const kernelEchoEnv = "RFSIS_BENCH_KERNEL_ECHO"
+
+// Echo copies c to itself until EOF: the kernel baseline's echo handler
+// (see kernelEchoEnv).
+func Echo(c net.Conn) {
+	if os.Getenv(kernelEchoEnv) == "buffer" {
+		// Hide ReadFrom/WriteTo so io.CopyBuffer uses the buffer.
+		io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 32<<10))
+		return
+	}
+	io.Copy(c, c)
+}
+
+// Serve runs handle on every connection l accepts, each on its own
+// goroutine, and closes the connection when handle returns. It returns
+// when Accept fails (l closed), without waiting for the handlers.
+func Serve(l net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			handle(c)
+		}()
+	}
 }

@@ -4,38 +4,25 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/zppratt/rfsis/internal/takeover"
-
 	"github.com/zppratt/rfsis/internal/netns"
+	"github.com/zppratt/rfsis/internal/progtest"
+	"github.com/zppratt/rfsis/internal/takeover"
 )
 
-// Log lines of failover/node.go and cmd/echoserver that BenchmarkReplicated
-// waits for: internal/takeover's.
 const (
-	logServing     = takeover.LogServing
-	logProtected   = takeover.LogProtected
-	logTookOver    = takeover.LogTookOver
-	logUnprotected = takeover.LogUnprotected
-)
-
-// Replication settings of the pair: internal/takeover's (the issue's
-// heartbeat and misses, so detection is within 30 ms).
-const (
-	replHeartbeat = takeover.Heartbeat
-	replMisses    = takeover.Misses
 	// nodeRTTDur is how long the node-to-node round trip is measured.
 	nodeRTTDur = 2 * time.Second
+	// addAttempts bounds the restarts of the pair after the start-up race
+	// while adding the backup.
+	addAttempts = 5
 )
 
 const (
@@ -43,24 +30,17 @@ const (
 	modeRepl   = "replicated"
 )
 
-// replEnv is BenchmarkReplicated's topology: node 0 runs the main, node 1
-// the backup (during the replicated slices).
+// replEnv is BenchmarkReplicated's topology and pair (internal/takeover's
+// Pair): node 0 runs the main, node 1 the backup (during the replicated
+// slices).
 type replEnv struct {
-	tp         *netns.Topology
-	dur        time.Duration
-	bin        string // cmd/echoserver
-	mainCfg    string
-	backupCfg  string
-	main       *netns.Process
-	backup     *netns.Process
-	results    map[string]*result // test/mode
-	nodeRTT    *result            // kernel TCP round trips node 0 → node 1
-	started    time.Time
-	background float64
-	loadavg    string
-	raceRetry  int // start-up races met while adding the backup
+	runInfo
+	pair      *takeover.Pair
+	results   map[string]*result // test/mode
+	nodeRTT   *result            // kernel TCP round trips node 0 → node 1
+	raceRetry int                // start-up races met while adding the backup
 	// incidents are the pair's breakdowns seen after a replicated slice
-	// (the pair is then restarted for the next slice).
+	// (the pair is then restarted).
 	incidents []string
 }
 
@@ -75,39 +55,15 @@ type replEnv struct {
 // and prints a table with the ratios.
 func BenchmarkReplicated(b *testing.B) {
 	netns.RequireTools(b, "ip")
-	e := &replEnv{dur: 5 * time.Second, results: map[string]*result{}, started: time.Now()}
-	if s := os.Getenv(durationEnv); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 {
-			b.Fatalf("%s=%q: want a positive duration", durationEnv, s)
-		}
-		e.dur = d
-	}
-	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
-		e.loadavg = strings.TrimSpace(string(la))
-	}
-	if m0, err := MachineCPU(); err == nil {
-		t0 := time.Now()
-		time.Sleep(time.Second)
-		if m1, err := MachineCPU(); err == nil {
-			e.background = (m1 - m0).Seconds() / time.Since(t0).Seconds()
-		}
-	}
-	bins := b.TempDir()
-	if err := build(bins); err != nil {
+	e := &replEnv{runInfo: newRunInfo(b), results: map[string]*result{}}
+	bin, err := progtest.Build(b.TempDir(), "./cmd/echoserver", false)
+	if err != nil {
 		b.Fatal(err)
 	}
-	e.bin = filepath.Join(bins, "echoserver")
-	e.tp = netns.New(b, netns.Options{Nodes: 2, NodeKernelAddrs: true})
-	e.mainCfg = e.writeConfig(b, false)
-	e.backupCfg = e.writeConfig(b, true)
-	b.Cleanup(func() {
-		for _, p := range []*netns.Process{e.backup, e.main} {
-			if p != nil {
-				p.Kill()
-			}
-		}
-	})
+	// The pair's configs are internal/takeover's: identical but for
+	// "backup". netns's cleanup kills the nodes.
+	tp := netns.New(b, netns.Options{Nodes: 2, NodeKernelAddrs: true})
+	e.pair = &takeover.Pair{TP: tp, Bin: bin, Dir: b.TempDir()}
 
 	e.measureNodeRTT(b)
 	e.startMain(b)
@@ -136,49 +92,25 @@ func BenchmarkReplicated(b *testing.B) {
 	if runCtx.Err() != nil {
 		b.Fatal("interrupted")
 	}
-	if out := e.main.Output(); strings.Contains(out, "panic:") {
-		b.Errorf("main log:\n%s", tail(out, 30))
-	}
+	progtest.CheckOutput(b, "main", e.pair.Main.Output())
 	b.ReportMetric(0, "ns/op")
 	b.ReportMetric(e.results["rr1/"+modeRepl].opsPerSec()/e.results["rr1/"+modeUnrepl].opsPerSec(), "rr1-ratio")
 	b.ReportMetric(e.results["echo/"+modeRepl].mbps()/e.results["echo/"+modeUnrepl].mbps(), "echo-ratio")
-	rep := e.report()
-	fmt.Print(rep)
-	if path := os.Getenv(reportEnv); path != "" {
-		if err := os.WriteFile(path, []byte(rep), 0o644); err != nil {
-			b.Error(err)
-		}
-	}
-}
-
-// writeConfig writes the main's or the backup's config.json, as
-// internal/takeover's pair does: identical but for "backup".
-func (e *replEnv) writeConfig(b *testing.B, backup bool) string {
-	path, err := takeover.WriteConfig(b.TempDir(), e.tp, backup, false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return path
+	writeReport(b, e.report())
 }
 
 // measureNodeRTT measures 64-byte kernel TCP round trips from node 0's
 // kernel to an echo listener on node 1's kernel address, through the same
 // bridges the sync channel crosses (but not the TAPs and stacks).
 func (e *replEnv) measureNodeRTT(b *testing.B) {
-	l, err := e.tp.Node(1).Listen("tcp4", netip.AddrPortFrom(e.tp.NodeKernelAddr(1), EchoPort).String())
+	tp := e.pair.TP
+	l, err := tp.Node(1).Listen("tcp4", netip.AddrPortFrom(tp.NodeKernelAddr(1), EchoPort).String())
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer l.Close()
 	go Serve(l, Echo)
-	dial := func(ctx context.Context, port int) (*net.TCPConn, error) {
-		c, err := e.tp.Node(0).Dial(ctx, "tcp4", netip.AddrPortFrom(e.tp.NodeKernelAddr(1), uint16(port)).String())
-		if err != nil {
-			return nil, err
-		}
-		return c.(*net.TCPConn), nil
-	}
-	s, err := MeasureRR(runCtx, dial, nodeRTTDur, 1)
+	s, err := MeasureRR(runCtx, dialer(tp.Node(0), tp.NodeKernelAddr(1)), nodeRTTDur, 1)
 	if err != nil {
 		b.Fatalf("node-to-node round trips: %v", err)
 	}
@@ -186,113 +118,96 @@ func (e *replEnv) measureNodeRTT(b *testing.B) {
 	e.nodeRTT = &result{test: "node-rtt", impl: "kernel", rr: true, s: s}
 }
 
-func (e *replEnv) waitFor(b *testing.B, p *netns.Process, s string) {
-	ctx, cancel := context.WithTimeout(runCtx, 20*time.Second)
-	defer cancel()
-	if err := p.WaitOutput(ctx, s); err != nil {
-		b.Fatalf("waiting for %q: %v\noutput:\n%s", s, err, tail(p.Output(), 30))
+// tails is the end of both nodes' logs, for a failure's message.
+func (e *replEnv) tails() string {
+	var out []string
+	for role, p := range map[string]*netns.Process{"main": e.pair.Main, "backup": e.pair.Backup} {
+		if p != nil {
+			out = append(out, fmt.Sprintf("%s output (end):\n%s", role, tail(p.Output(), 20)))
+		}
 	}
+	slices.Sort(out)
+	return strings.Join(out, "\n")
 }
 
 // startMain starts the main alone on node 0 and waits until it serves.
 func (e *replEnv) startMain(b *testing.B) {
-	p, err := e.tp.Node(0).Start(context.Background(), e.bin, "-config", e.mainCfg)
-	if err != nil {
-		b.Fatal(err)
+	ctx, cancel := context.WithTimeout(runCtx, 20*time.Second)
+	defer cancel()
+	if err := e.pair.StartMain(ctx); err != nil {
+		b.Fatalf("starting the main: %v\n%s", err, e.tails())
 	}
-	e.main = p
-	e.waitFor(b, p, logServing)
-	d := &env{tp: e.tp}
-	if err := d.waitServing(EchoPort); err != nil {
-		b.Fatalf("main pid %d: %v\noutput:\n%s", p.Pid(), err, tail(p.Output(), 30))
+	if err := waitServing(e.pair.TP, EchoPort); err != nil {
+		b.Fatalf("main pid %d: %v\n%s", e.pair.Main.Pid(), err, e.tails())
 	}
-	b.Logf("main pid %d serving %s:%d from %s", p.Pid(), e.tp.ServiceAddr(), EchoPort, e.tp.Node(0).Name())
+	b.Logf("main pid %d serving %s from %s", e.pair.Main.Pid(), e.pair.Service(), e.pair.TP.Node(0).Name())
 }
 
 // setMode adds the backup (replicated) or kills it (unreplicated), and
 // returns once the main reports the change.
 func (e *replEnv) setMode(b *testing.B, mode string) {
 	switch {
-	case mode == modeRepl && e.backup == nil:
+	case mode == modeRepl && e.pair.Backup == nil:
 		e.addBackup(b)
-	case mode == modeUnrepl && e.backup != nil:
-		e.backup.Kill()
-		<-e.backup.Done()
-		e.backup = nil
-		e.waitFor(b, e.main, logUnprotected)
+	case mode == modeUnrepl && e.pair.Backup != nil:
+		e.pair.Backup.Kill()
+		<-e.pair.Backup.Done()
+		e.pair.Backup = nil
+		ctx, cancel := context.WithTimeout(runCtx, 20*time.Second)
+		defer cancel()
+		if err := e.pair.Main.WaitOutput(ctx, takeover.LogUnprotected); err != nil {
+			b.Fatalf("waiting for the main to lose its backup: %v\n%s", err, e.tails())
+		}
 		b.Logf("backup killed; main serving unprotected")
 	}
 }
 
 // addBackup starts the backup on node 1 and waits for the main's "backup
 // joined". A backup that starts before its TAP's bridge port forwards may
-// take the service over instead (the start-up race internal/takeover's
-// startPair describes); the pair is then restarted.
+// take the service over instead (the start-up race of
+// takeover.Pair.StartRetrying); the pair is then restarted.
 func (e *replEnv) addBackup(b *testing.B) {
 	for attempt := 1; ; attempt++ {
-		joined := strings.Count(e.main.Output(), logProtected)
-		p, err := e.tp.Node(1).Start(context.Background(), e.bin, "-config", e.backupCfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		e.backup = p
-		raced, err := e.waitJoined(p, joined)
-		if err == nil && !raced {
-			b.Logf("backup pid %d joined (attempt %d)", p.Pid(), attempt)
+		ctx, cancel := context.WithTimeout(runCtx, 20*time.Second)
+		err := e.pair.AddBackup(ctx)
+		cancel()
+		if err == nil {
+			b.Logf("backup pid %d joined (attempt %d)", e.pair.Backup.Pid(), attempt)
 			return
 		}
-		if err != nil || attempt == 5 {
-			b.Fatalf("adding the backup (attempt %d): %v\nmain:\n%s\nbackup:\n%s", attempt, err,
-				tail(e.main.Output(), 20), tail(p.Output(), 20))
+		if !errors.Is(err, takeover.ErrStartRace) || attempt == addAttempts {
+			b.Fatalf("adding the backup (attempt %d): %v\n%s", attempt, err, e.tails())
 		}
 		e.raceRetry++
-		b.Logf("attempt %d: start-up race (the backup took over); restarting the pair", attempt)
-		for _, q := range []*netns.Process{p, e.main} {
-			q.Kill()
-			<-q.Done()
-		}
-		e.backup = nil
-		e.startMain(b)
+		b.Logf("attempt %d: %v; restarting the pair", attempt, err)
+		e.restart(b)
 	}
 }
 
-// waitJoined waits for a new "backup joined" in the main's log, or for the
-// backup's takeover (raced).
-func (e *replEnv) waitJoined(backup *netns.Process, before int) (raced bool, err error) {
-	deadline := time.After(20 * time.Second)
-	for {
-		switch {
-		case strings.Contains(backup.Output(), logTookOver):
-			return true, nil
-		case strings.Count(e.main.Output(), logProtected) > before:
-			return false, nil
-		}
-		select {
-		case <-runCtx.Done():
-			return false, runCtx.Err()
-		case <-deadline:
-			return false, fmt.Errorf("the main never reported its backup")
-		case <-e.main.Done():
-			return false, fmt.Errorf("the main exited: %v", e.main.Wait())
-		case <-backup.Done():
-			return false, fmt.Errorf("the backup exited: %v", backup.Wait())
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
+// restart kills both nodes and starts the main alone again.
+func (e *replEnv) restart(b *testing.B) {
+	e.pair.Kill()
+	e.pair.Backup = nil
+	e.startMain(b)
 }
 
 // pairTrouble are log lines that mean the pair is no longer a healthy main
 // and backup.
-var pairTrouble = []string{logTookOver, logUnprotected, "address conflict", "sync: cannot apply", "standing down", "panic:"}
+var pairTrouble = []string{takeover.LogTookOver, takeover.LogUnprotected, "address conflict", "sync: cannot apply",
+	takeover.LogStandDown, "panic:"}
 
 // checkPair, after a replicated measurement, checks that the main is still
 // protected by its backup. If not, it records what the logs say and
-// restarts the main alone (the next replicated slice adds a new backup),
-// so that a breakdown does not spoil the other measurements.
+// restarts the pair (a new main, then a new backup), so that a breakdown
+// does not spoil the other measurements: the rest of the replicated slice
+// runs replicated too.
 func (e *replEnv) checkPair(b *testing.B, test string) {
 	time.Sleep(200 * time.Millisecond) // a takeover follows its cause by a detection window
 	var lines []string
-	for role, p := range map[string]*netns.Process{"main": e.main, "backup": e.backup} {
+	for role, p := range map[string]*netns.Process{"main": e.pair.Main, "backup": e.pair.Backup} {
+		if p == nil {
+			continue
+		}
 		for _, l := range strings.Split(p.Output(), "\n") {
 			for _, k := range pairTrouble {
 				if strings.Contains(l, k) {
@@ -308,29 +223,21 @@ func (e *replEnv) checkPair(b *testing.B, test string) {
 	slices.Sort(lines)
 	msg := fmt.Sprintf("after the replicated %s slice:\n%s", test, strings.Join(lines, "\n"))
 	e.incidents = append(e.incidents, msg)
-	b.Logf("pair broke %s; restarting the main alone", msg)
-	for _, q := range []*netns.Process{e.backup, e.main} {
-		q.Kill()
-		<-q.Done()
-	}
-	e.backup = nil
-	e.startMain(b)
+	b.Logf("pair broke %s; restarting it", msg)
+	e.restart(b)
+	e.addBackup(b)
 }
 
 // measure runs one slice (half the duration) of t against the service and
 // adds it to r.
 func (e *replEnv) measure(b *testing.B, t testDef, r *result) {
-	d := &env{tp: e.tp}
-	s, err := t.run(runCtx, d.dialer(e.tp.ServiceAddr()), e.dur/2)
+	tp := e.pair.TP
+	s, err := t.run(runCtx, dialer(tp.Client(), tp.ServiceAddr()), e.dur/2)
 	if err != nil {
 		if runCtx.Err() != nil {
 			b.Fatal("interrupted")
 		}
-		msg := fmt.Sprintf("%s/%s: %v\nmain output (end):\n%s", r.test, r.impl, err, tail(e.main.Output(), 20))
-		if e.backup != nil {
-			msg += "\nbackup output (end):\n" + tail(e.backup.Output(), 20)
-		}
-		b.Fatal(msg)
+		b.Fatalf("%s/%s: %v\n%s", r.test, r.impl, err, e.tails())
 	}
 	r.s.Add(s)
 	b.Logf("%s/%s slice: %d bytes, %d round trips in %v", r.test, r.impl, s.Bytes, s.Ops, s.Elapsed.Round(time.Millisecond))
@@ -342,13 +249,9 @@ func (e *replEnv) report() string {
 	p := func(format string, a ...any) { fmt.Fprintf(&w, format, a...) }
 	u := func(t string) *result { return e.results[t+"/"+modeUnrepl] }
 	r := func(t string) *result { return e.results[t+"/"+modeRepl] }
-	p("\n## Replication cost: echoserver unreplicated vs replicated\n\n")
-	p("- date: %s\n", e.started.Format(time.RFC3339))
-	p("- machine: %d CPUs (%s), kernel %s, %s\n", runtime.NumCPU(), CPUModel(), KernelRelease(), runtime.Version())
-	p("- code: %s\n", VCSInfo())
-	p("- other load before the run: %.2f cores busy over 1 s; load average %s\n", e.background, e.loadavg)
-	p("- pair: main in %s, backup in %s (heartbeat %v, %d misses); service %s:%d\n",
-		e.tp.Node(0).Name(), e.tp.Node(1).Name(), replHeartbeat, replMisses, e.tp.ServiceAddr(), EchoPort)
+	e.header(&w, "Replication cost: echoserver unreplicated vs replicated")
+	p("- pair: main in %s, backup in %s (heartbeat %v, %d misses); service %s\n",
+		e.pair.TP.Node(0).Name(), e.pair.TP.Node(1).Name(), takeover.Heartbeat, takeover.Misses, e.pair.Service())
 	p("- each test: %s per mode, as unreplicated, replicated, replicated, unreplicated slices of %s, same main process; MB = 10^6 bytes\n",
 		e.dur, e.dur/2)
 	if e.raceRetry > 0 {

@@ -4,10 +4,75 @@ package bench
 
 import (
 	"fmt"
-	"runtime"
+	"os"
 	"strings"
+	"testing"
 	"time"
 )
+
+// runInfo is what both benchmarks' reports say about their run.
+type runInfo struct {
+	started time.Time
+	// dur is the time per server (or mode) per test,
+	// RFSIS_BENCH_DURATION; each test runs it in two slices of dur/2.
+	dur     time.Duration
+	machine Machine
+}
+
+// newRunInfo reads RFSIS_BENCH_DURATION and describes the machine, which
+// takes a second (MeasureMachine).
+func newRunInfo(b *testing.B) runInfo {
+	ri := runInfo{started: time.Now(), dur: 5 * time.Second}
+	if s := os.Getenv(durationEnv); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			b.Fatalf("%s=%q: want a positive duration", durationEnv, s)
+		}
+		ri.dur = d
+	}
+	ri.machine = MeasureMachine()
+	return ri
+}
+
+// header starts a report: its title, when, on what machine and what code.
+func (ri *runInfo) header(w *strings.Builder, title string) {
+	fmt.Fprintf(w, "\n## %s\n\n", title)
+	fmt.Fprintf(w, "- date: %s\n", ri.started.Format(time.RFC3339))
+	fmt.Fprintf(w, "- machine: %s\n", ri.machine)
+	fmt.Fprintf(w, "- code: %s\n", VCSInfo())
+}
+
+// reportStarted is set once this process has written a report to
+// RFSIS_BENCH_REPORT (benchmarks run one at a time).
+var reportStarted bool
+
+// writeReport prints a benchmark's report and, with RFSIS_BENCH_REPORT,
+// writes it to that file: the first report of the run replaces what the
+// file held, later ones (`make bench` runs two benchmarks) are appended.
+func writeReport(b *testing.B, rep string) {
+	fmt.Print(rep)
+	path := os.Getenv(reportEnv)
+	if path == "" {
+		return
+	}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	if !reportStarted {
+		flags |= os.O_TRUNC
+	}
+	f, err := os.OpenFile(path, flags, 0o644)
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	reportStarted = true
+	_, err = f.WriteString(rep)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		b.Error(err)
+	}
+}
 
 // Reference figures from the issue: Debian's lwIP 2.1 build, on this
 // machine, moved about 130 MB/s into a sink and echoed about 50 MB/s,
@@ -57,11 +122,7 @@ var rows = []row{
 func (e *env) report() string {
 	var w strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&w, format, a...) }
-	p("\n## RFSIS vs Linux kernel TCP\n\n")
-	p("- date: %s\n", e.started.Format(time.RFC3339))
-	p("- machine: %d CPUs (%s), kernel %s, %s\n", runtime.NumCPU(), CPUModel(), KernelRelease(), runtime.Version())
-	p("- code: %s\n", VCSInfo())
-	p("- other load before the run: %.2f cores busy over 1 s; load average %s\n", e.background, e.loadavg)
+	e.header(&w, "RFSIS vs Linux kernel TCP")
 	p("- path: client ns (kernel TCP) → switch bridge → node ns br0 → tap0 + RFSIS (%s) | br0 kernel address (%s)\n",
 		e.tp.ServiceAddr(), e.tp.NodeKernelAddr(0))
 	p("- each test: %s per server, run as RFSIS, kernel, kernel, RFSIS slices of %s; MB = 10^6 bytes; CPU from /proc (10 ms ticks)\n\n", e.dur, e.dur/2)

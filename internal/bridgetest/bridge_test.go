@@ -1,7 +1,9 @@
+//go:build linux
+
 package bridgetest
 
 import (
-	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -9,12 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/zppratt/rfsis/internal/netns"
 )
 
 // The test binary doubles as a tiny TCP server and client run inside the
@@ -70,18 +72,9 @@ func helper(spec string) int {
 	return 2
 }
 
-var nsSeq atomic.Int64
-
-func requireRootAndIP(t *testing.T) {
+func requireTools(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("bridge.sh tests need root (they create network namespaces); run them as root")
-	}
-	for _, tool := range []string{"ip", "bash"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("bridge.sh tests need %q: %v", tool, err)
-		}
-	}
+	netns.RequireTools(t, "ip", "bash")
 }
 
 // script is bridge.sh's absolute path (tests run in the package directory).
@@ -94,40 +87,44 @@ func script(t *testing.T) string {
 	return p
 }
 
-// newNetns creates a namespace that is deleted when the test ends.
-func newNetns(t *testing.T, role string) string {
+// newNetns creates a namespace (internal/netns: skipped unless root,
+// deleted when the test ends with its interfaces, veth pair, TAP and
+// bridge, and removed by a later run if this test binary dies first) and
+// turns IPv6 back on in it: bridge.sh is for real hosts, which have it,
+// and turns it off on the TAP itself.
+func newNetns(t *testing.T) *netns.NS {
 	t.Helper()
-	name := fmt.Sprintf("rfsis-brtest-%d-%d-%s", os.Getpid(), nsSeq.Add(1), role)
-	out, err := exec.Command("ip", "netns", "add", name).CombinedOutput()
-	require.NoError(t, err, "ip netns add %s: %s", name, out)
-	t.Cleanup(func() {
-		// Deleting the namespace destroys its interfaces (veth pair, TAP,
-		// bridge) with it.
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("cleanup: ip netns del %s: %v: %s", name, err, out)
+	ns := netns.NewNS(t)
+	require.NoError(t, ns.Do(func() error {
+		for _, f := range []string{"all", "default"} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+f+"/disable_ipv6", []byte("0"), 0); err != nil {
+				return err
+			}
 		}
-	})
-	ip(t, name, "link", "set", "lo", "up")
-	return name
+		return nil
+	}))
+	return ns
 }
 
-// ip runs "ip -n NS args..." and returns its output, failing the test on error.
-func ip(t *testing.T, ns string, args ...string) string {
+// ip runs "ip args..." inside ns and returns its output, failing the test
+// on error.
+func ip(t *testing.T, ns *netns.NS, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
-	require.NoError(t, err, "ip -n %s %s: %s", ns, strings.Join(args, " "), out)
-	return string(out)
+	out, err := ns.Run(append([]string{"ip"}, args...)...)
+	require.NoError(t, err)
+	return out
 }
 
 // linkExists reports whether dev exists in ns.
-func linkExists(ns, dev string) bool {
-	return exec.Command("ip", "-n", ns, "link", "show", "dev", dev).Run() == nil
+func linkExists(ns *netns.NS, dev string) bool {
+	_, err := ns.Run("ip", "link", "show", "dev", dev)
+	return err == nil
 }
 
 // bridgeSh runs bridge.sh inside ns and returns its exit error and output.
-func bridgeSh(t *testing.T, ns string, args ...string) (string, error) {
+func bridgeSh(t *testing.T, ns *netns.NS, args ...string) (string, error) {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "bash", script(t)}, args...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name(), "bash", script(t)}, args...)...)
 	// Start from a clean environment so a UPLINK/TAP/BRIDGE variable in the
 	// caller's shell cannot change what the test exercises.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
@@ -140,10 +137,11 @@ func bridgeSh(t *testing.T, ns string, args ...string) (string, error) {
 // (10.77.99.2/24 and a secondary 10.77.98.2/24, default route via
 // 10.77.99.1, a static route to 10.77.50.0/24) whose veth peer lan0
 // (10.77.99.1/24) is in ns "lan".
-func lanSetup(t *testing.T) (host, lan string) {
-	host = newNetns(t, "host")
-	lan = newNetns(t, "lan")
-	ip(t, host, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan)
+func lanSetup(t *testing.T) (host, lan *netns.NS) {
+	requireTools(t)
+	host = newNetns(t)
+	lan = newNetns(t)
+	ip(t, host, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0", "netns", lan.Name())
 	ip(t, lan, "addr", "add", "10.77.99.1/24", "dev", "lan0")
 	ip(t, lan, "link", "set", "lan0", "up")
 	ip(t, host, "addr", "add", "10.77.99.2/24", "dev", "eth0")
@@ -156,7 +154,7 @@ func lanSetup(t *testing.T) (host, lan string) {
 
 // snapshot is the namespace's links, IPv4 addresses and routes, in a form
 // that does not change unless the configuration does.
-func snapshot(t *testing.T, ns string) string {
+func snapshot(t *testing.T, ns *netns.NS) string {
 	t.Helper()
 	var b strings.Builder
 	for _, line := range strings.Split(ip(t, ns, "-o", "link", "show"), "\n") {
@@ -185,35 +183,44 @@ func snapshot(t *testing.T, ns string) string {
 	return b.String()
 }
 
-// connect checks that the host namespace reaches the lan namespace over TCP.
-func connect(t *testing.T, host, lan string) {
+// connect checks that the host namespace reaches the lan namespace over
+// TCP. The helpers are netns processes: killed with the test binary
+// (Pdeathsig) and by the test's cleanup.
+func connect(t *testing.T, host, lan *netns.NS) {
 	t.Helper()
-	self, err := os.Executable()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv, err := lan.StartCmd(helperCmd("listen:10.77.99.1:7777"))
 	require.NoError(t, err)
-
-	srv := exec.Command("ip", "netns", "exec", lan, self)
-	srv.Env = append(os.Environ(), helperEnv+"=listen:10.77.99.1:7777")
-	stdout, err := srv.StdoutPipe()
-	require.NoError(t, err)
-	srv.Stderr = os.Stderr
-	require.NoError(t, srv.Start())
 	defer func() {
-		_ = srv.Process.Kill()
+		_ = srv.Kill()
 		_ = srv.Wait()
 	}()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	require.NoError(t, err)
-	require.Equal(t, "ready\n", line)
+	require.NoError(t, srv.WaitOutput(ctx, "ready\n"))
 
-	cli := exec.Command("ip", "netns", "exec", host, self)
-	cli.Env = append(os.Environ(), helperEnv+"=dial:10.77.99.1:7777")
-	out, err := cli.CombinedOutput()
-	require.NoError(t, err, "no TCP connectivity from host to lan: %s", out)
-	require.Equal(t, "hello from the lan\n", string(out))
+	cli, err := host.StartCmd(helperCmd("dial:10.77.99.1:7777"))
+	require.NoError(t, err)
+	select {
+	case <-cli.Done():
+	case <-ctx.Done():
+		t.Fatalf("the client helper did not finish: %v", ctx.Err())
+	}
+	require.NoError(t, cli.Wait(), "no TCP connectivity from host to lan: %s", cli.Output())
+	require.Equal(t, "hello from the lan\n", cli.Output())
+}
+
+// helperCmd re-executes the test binary as helper spec.
+func helperCmd(spec string) *exec.Cmd {
+	self, err := os.Executable()
+	if err != nil {
+		self = os.Args[0]
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), helperEnv+"="+spec)
+	return cmd
 }
 
 func TestBridgeUpDownIdempotent(t *testing.T) {
-	requireRootAndIP(t)
 	host, lan := lanSetup(t)
 	before := snapshot(t, host)
 	connect(t, host, lan)
@@ -248,7 +255,7 @@ func TestBridgeUpDownIdempotent(t *testing.T) {
 	assert.Equal(t, before, snapshot(t, host))
 }
 
-func checkUp(t *testing.T, host, eth0MAC string) {
+func checkUp(t *testing.T, host *netns.NS, eth0MAC string) {
 	t.Helper()
 	br := ip(t, host, "-d", "-o", "link", "show", "dev", "br0")
 	assert.Contains(t, br, "    bridge ", "br0 is not a bridge")
@@ -272,7 +279,7 @@ func checkUp(t *testing.T, host, eth0MAC string) {
 	assert.NotContains(t, routes, "dev eth0")
 }
 
-func macOf(t *testing.T, ns, dev string) string {
+func macOf(t *testing.T, ns *netns.NS, dev string) string {
 	t.Helper()
 	f := strings.Fields(ip(t, ns, "-o", "link", "show", "dev", dev))
 	for i, w := range f {
@@ -285,7 +292,6 @@ func macOf(t *testing.T, ns, dev string) string {
 }
 
 func TestBridgeRefusals(t *testing.T) {
-	requireRootAndIP(t)
 	host, _ := lanSetup(t)
 	before := snapshot(t, host)
 
@@ -326,7 +332,6 @@ func TestBridgeRefusals(t *testing.T) {
 }
 
 func TestBridgeRefusesNonRoot(t *testing.T) {
-	requireRootAndIP(t)
 	host, _ := lanSetup(t)
 	before := snapshot(t, host)
 
@@ -336,7 +341,7 @@ func TestBridgeRefusesNonRoot(t *testing.T) {
 	if err != nil {
 		t.Skip("needs setpriv (util-linux) to run bridge.sh as an unprivileged user")
 	}
-	cmd := exec.Command("ip", "netns", "exec", host, setpriv,
+	cmd := exec.Command("ip", "netns", "exec", host.Name(), setpriv,
 		"--reuid=65534", "--regid=65534", "--clear-groups", "bash", script(t))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	out, err := cmd.CombinedOutput()

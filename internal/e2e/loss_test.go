@@ -90,7 +90,7 @@ func runLossWorkload(t *testing.T, s *echoServer, percent float64) {
 		bulk>>20, bulkElapsed.Round(time.Millisecond), mbps(bulk, bulkElapsed))
 	if s.proc != nil {
 		t.Logf("client kernel: %d segments from the stack dropped as PAWS-old, %d retransmitted by the client",
-			kernelCounter(t, s.tp.Client(), "TcpExtPAWSEstab"), kernelCounter(t, s.tp.Client(), "TcpRetransSegs"))
+			s.tp.Client().MustKernelCounter(t, "TcpExtPAWSEstab"), s.tp.Client().MustKernelCounter(t, "TcpRetransSegs"))
 	}
 	require.NoError(t, msgErr, "message connections under %v%% loss, seed %d", percent, seed)
 	require.NoError(t, bulkErr, "bulk connection under %v%% loss, seed %d", percent, seed)

@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,11 +96,15 @@ func startEchoServer(t *testing.T) *echoServer {
 	path := writeConfig(t, tp)
 	t.Cleanup(func() {
 		if t.Failed() {
-			logKernelCounters(t, tp.Client())
+			// Why the client dropped or retransmitted.
+			tp.Client().LogCounters(t, "Tcp", "IpExt")
 		}
 	})
-	capture(t, tp.Client(), netns.HostLink)
-	capture(t, tp.Node(0), netns.NodeUplink)
+	// RFSIS_E2E_PCAP: the client's eth0 and node0's uplink, so a frame
+	// the switch dropped shows in one file and not the other.
+	pcap := os.Getenv("RFSIS_E2E_PCAP")
+	tp.Client().Capture(t, netns.HostLink, pcap)
+	tp.Node(0).Capture(t, netns.NodeUplink, pcap)
 	p, err := tp.Node(0).Start(context.Background(), echoserverBin, "-config", path)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -111,37 +114,11 @@ func startEchoServer(t *testing.T) *echoServer {
 	// address: a main first makes sure no peer holds it (heartbeat_timer
 	// x heartbeat_misses, 3 s here), then claims it.
 	require.NoError(t, p.WaitOutput(ctx, readyLine))
-	t.Cleanup(func() {
-		// A panic or (with RFSIS_E2E_RACE_SERVER) a data race in the server
-		// fails the test even when the clients saw nothing wrong.
-		out := p.Output()
-		for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
-			if strings.Contains(out, bad) {
-				t.Errorf("echoserver output contains %q", bad)
-			}
-		}
-	})
+	// A panic or (with RFSIS_E2E_RACE_SERVER) a data race in the server
+	// fails the test even when the clients saw nothing wrong.
+	t.Cleanup(func() { progtest.CheckOutput(t, "echoserver", p.Output()) })
 	t.Logf("echoserver pid %d serving %s:%d in %s", p.Pid(), tp.ServiceAddr(), echoPort, tp.Node(0).Name())
 	return &echoServer{tp: tp, proc: p, addr: netip.AddrPortFrom(tp.ServiceAddr(), echoPort)}
-}
-
-// logKernelCounters logs the non-zero TCP and IP counters of ns's kernel
-// (nstat, from iproute2): why the client dropped or retransmitted.
-func logKernelCounters(t *testing.T, ns *netns.NS) {
-	out, err := ns.KernelCounters("Tcp", "IpExt")
-	if err != nil {
-		t.Logf("nstat in %s: %v", ns.Role(), err)
-		return
-	}
-	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), out)
-}
-
-// kernelCounter reads one counter of ns's kernel by its nstat name.
-func kernelCounter(t *testing.T, ns *netns.NS, name string) uint64 {
-	t.Helper()
-	n, err := ns.KernelCounter(name)
-	require.NoError(t, err)
-	return n
 }
 
 // requireNoPAWSDrops checks that the client kernel never discarded one of
@@ -150,37 +127,9 @@ func kernelCounter(t *testing.T, ns *netns.NS, name string) uint64 {
 // FIN or data lost that way at shutdown is never recovered.
 func requireNoPAWSDrops(t *testing.T, s *echoServer) {
 	t.Helper()
-	n := kernelCounter(t, s.tp.Client(), "TcpExtPAWSEstab")
+	n := s.tp.Client().MustKernelCounter(t, "TcpExtPAWSEstab")
 	assert.Zero(t, n, "client kernel dropped %d segments of the stack as PAWS-old "+
 		"(TSval not monotonic per connection on the wire)", n)
-}
-
-// capture, when RFSIS_E2E_PCAP names a directory, runs tcpdump on dev in
-// ns for the rest of the test, writing <dir>/<test>-<ns role>.pcap. The
-// client's eth0 and node0's uplink are captured, so a frame the switch
-// dropped shows in one file and not the other.
-func capture(t *testing.T, ns *netns.NS, dev string) {
-	t.Helper()
-	dir := os.Getenv("RFSIS_E2E_PCAP")
-	if dir == "" {
-		return
-	}
-	netns.RequireTools(t, "tcpdump")
-	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + ns.Role() + ".pcap"
-	file := filepath.Join(dir, name)
-	p, err := ns.Start(context.Background(), "tcpdump", "-Z", "root", "-i", dev, "-U", "--immediate-mode", "-s", "128", "-w", file)
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, p.WaitOutput(ctx, "listening on"))
-	t.Cleanup(func() {
-		p.Signal(os.Interrupt)
-		select {
-		case <-p.Done():
-		case <-time.After(5 * time.Second):
-		}
-		t.Logf("capture: %s: %s", file, p.Output())
-	})
 }
 
 // dial connects from the client namespace's kernel to the echo server. The

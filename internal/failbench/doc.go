@@ -39,16 +39,31 @@
 // failover-timeline.png (gonum.org/v1/plot), and failover.md, the
 // Markdown that BENCHMARKS.md quotes. With RFSIS_FAILBENCH_RENDER=file,
 // TestRender draws the pictures and the Markdown again from a stored
-// JSON file instead.
+// JSON file instead, next to it (a relative path is taken from the
+// repository's root):
+//
+//	RFSIS_FAILBENCH_RENDER=docs/bench/failover.json go test -run TestRender ./internal/failbench
+//
+// Environment knobs (the Makefile sets the first three):
+//
+//	RFSIS_FAILBENCH=1             run TestFailoverBench (it skips otherwise)
+//	RFSIS_FAILBENCH_TRIALS=K      trials per fault and system (default 20;
+//	                              make bench-failover TRIALS=K)
+//	RFSIS_FAILBENCH_OUT=dir       where the results go (default: a
+//	                              temporary directory; only the report is
+//	                              printed)
+//	RFSIS_FAILBENCH_STEADY=d      time per server per steady-state test,
+//	                              a Go duration (default 4s)
+//	RFSIS_FAILBENCH_RENDER=file   TestRender's report to draw again
+//	RFSIS_FAILBENCH_ECHOSERVER=path  use that cmd/echoserver binary
+//	                              instead of building one from the
+//	                              working tree
 //
 // Everything runs inside namespaces the benchmark creates (10.77.N.0/24);
 // nothing is sent from the host namespace. Every namespace and process is
 // removed at the end of each trial, also when the run fails or is
 // interrupted (the first Ctrl-C stops the run and cleans up; a second one
 // exits at once, and the processes die with the test binary).
-//
-// RFSIS_FAILBENCH_ECHOSERVER=path uses that cmd/echoserver binary instead
-// of building one from the working tree.
 //
 // Needs root, iproute2 and keepalived (Debian packages iproute2 and
 // keepalived).

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -290,7 +289,7 @@ func TestFailoverBench(t *testing.T) {
 	}
 	b.rep = &Report{
 		Date:           b.started,
-		Machine:        machine(),
+		Machine:        bench.MeasureMachine().String(),
 		Code:           code,
 		Command:        fmt.Sprintf("make bench-failover TRIALS=%d", k),
 		TrialsPerFault: k,
@@ -333,11 +332,18 @@ func TestFailoverBench(t *testing.T) {
 }
 
 // TestRender draws the pictures and the Markdown again from a stored
-// report (RFSIS_FAILBENCH_RENDER=docs/bench/failover.json), next to it.
+// report (RFSIS_FAILBENCH_RENDER=docs/bench/failover.json), next to it. A
+// relative path is taken from the repository's root, not from the
+// package's directory where go test runs.
 func TestRender(t *testing.T) {
 	path := os.Getenv(renderEnv)
 	if path == "" {
 		t.Skipf("%s names a %s to draw again", renderEnv, jsonName)
+	}
+	if !filepath.IsAbs(path) {
+		root, err := progtest.ModuleRoot()
+		require.NoError(t, err)
+		path = filepath.Join(root, path)
 	}
 	r, err := ReadJSON(path)
 	require.NoError(t, err)
@@ -345,24 +351,6 @@ func TestRender(t *testing.T) {
 	require.NoError(t, r.PlotStalls(filepath.Join(dir, stallName)))
 	require.NoError(t, r.PlotTimelines(filepath.Join(dir, timelineName)))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, mdName), []byte(r.Markdown(stallName, timelineName, jsonName)), 0o644))
-}
-
-// machine describes the machine and its other load now.
-func machine() string {
-	load := "?"
-	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
-		load = strings.Join(strings.Fields(string(la))[:3], " ")
-	}
-	busy := "?"
-	if m0, err := bench.MachineCPU(); err == nil {
-		t0 := time.Now()
-		time.Sleep(time.Second)
-		if m1, err := bench.MachineCPU(); err == nil {
-			busy = fmt.Sprintf("%.2f", (m1-m0).Seconds()/time.Since(t0).Seconds())
-		}
-	}
-	return fmt.Sprintf("%d CPUs (%s), Linux %s, %s; before the run %s cores busy, load average %s",
-		runtime.NumCPU(), bench.CPUModel(), bench.KernelRelease(), runtime.Version(), busy, load)
 }
 
 // note adds a note to the report.
@@ -561,11 +549,11 @@ func (b *benchRun) steadyState(t *testing.T, d time.Duration) {
 	tp := netns.New(t, netns.Options{Nodes: 2, NodeKernelAddrs: true})
 	kernel, err := tp.Node(0).StartCmd(kernelEchoCmd())
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(runCtx, 30*time.Second)
+	startCtx, cancel := context.WithTimeout(runCtx, 30*time.Second)
 	defer cancel()
-	require.NoError(t, kernel.WaitOutput(ctx, kernelEchoReady))
+	require.NoError(t, kernel.WaitOutput(startCtx, kernelEchoReady))
 	p := &takeover.Pair{TP: tp, Bin: b.bin, Dir: t.TempDir()}
-	require.NoError(t, p.StartRetrying(ctx, startAttempts, t.Logf))
+	require.NoError(t, p.StartRetrying(startCtx, startAttempts, t.Logf))
 
 	type acc struct {
 		rr, echo bench.Sample
@@ -602,7 +590,10 @@ func (b *benchRun) steadyState(t *testing.T, d time.Duration) {
 		b.note("steady state: the replicated pair broke during its measurement:\n%s", p.RoleLines())
 	}
 	require.NoError(t, p.Backup.Kill())
-	require.NoError(t, p.Main.WaitOutput(ctx, takeover.LogUnprotected))
+	// Its own limit: startCtx's has been spent measuring.
+	lostCtx, cancelLost := context.WithTimeout(runCtx, takeoverWait)
+	defer cancelLost()
+	require.NoError(t, p.Main.WaitOutput(lostCtx, takeover.LogUnprotected))
 	measure(alone, tp.ServiceAddr(), d)
 	measure(kern, tp.NodeKernelAddr(0), d/2)
 	for _, server := range []string{kern, alone, repl} {

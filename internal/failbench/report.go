@@ -146,13 +146,14 @@ func distOf(vs []float64) Dist {
 
 // Summary is one system under one fault over all its trials.
 type Summary struct {
-	System, Fault    string
-	Trials           int
-	Conns, Survived  int
-	BytesLost        int64
-	Stall            Dist // per trial: its largest stall
-	NewConn          Dist
-	Takeover         Dist
+	System, Fault   string
+	Trials          int
+	Conns, Survived int
+	BytesLost       int64
+	Stall           Dist // per trial: its largest stall
+	NewConn         Dist
+	Takeover        Dist
+	// TrialsWithErrors is how many trials lost a connection.
 	TrialsWithErrors int
 }
 
@@ -224,12 +225,16 @@ func (r *Report) Markdown(stallPNG, timelinePNG, jsonName string) string {
 		if s.Takeover.N > 0 {
 			takeover = fmt.Sprintf("%.0f", s.Takeover.Median)
 		}
+		survived := fmt.Sprintf("%d of %d", s.Survived, s.Conns)
+		if s.TrialsWithErrors > 0 {
+			survived += fmt.Sprintf(" (%d trial(s) with failures)", s.TrialsWithErrors)
+		}
 		newConn := s.NewConn.String()
 		if missing := s.Trials - s.NewConn.N; missing > 0 {
 			newConn += fmt.Sprintf(" (%d trial(s) none)", missing)
 		}
-		p("| %s | %s | %d | %d of %d | %d | %s | %s | %s |\n", SystemLabel(s.System), r.FaultLabel(s.Fault), s.Trials,
-			s.Survived, s.Conns, s.BytesLost, s.Stall, newConn, takeover)
+		p("| %s | %s | %d | %s | %d | %s | %s | %s |\n", SystemLabel(s.System), r.FaultLabel(s.Fault), s.Trials,
+			survived, s.BytesLost, s.Stall, newConn, takeover)
 	}
 	if len(r.Steady) > 0 {
 		p("\nSteady state, no fault (one connection each; 64-byte round trips, then a bulk echo):\n\n")

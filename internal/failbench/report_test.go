@@ -72,7 +72,7 @@ func TestSummarise(t *testing.T) {
 func TestMarkdown(t *testing.T) {
 	md := synthetic().Markdown("s.png", "t.png", "r.json")
 	assert.Contains(t, md, "| RFSIS | kill -9 | 5 | 255 of 255 | 0 | 60 / 80 / 80 | 55 / 75 / 75 | 50 |")
-	assert.Contains(t, md, "| keepalived + kernel TCP | SIGSTOP | 5 | 0 of 255 | 500 | — | 72 / 92 / 92 | 54 |")
+	assert.Contains(t, md, "| keepalived + kernel TCP | SIGSTOP | 5 | 0 of 255 (5 trial(s) with failures) | 500 | — | 72 / 92 / 92 | 54 |")
 	assert.Contains(t, md, "| kernel TCP | 30 / 90 | 25000 | 900.0 |")
 	assert.Contains(t, md, "![stall distribution per system and fault](s.png)")
 }

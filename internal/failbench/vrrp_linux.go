@@ -168,6 +168,15 @@ func startTime(pid int) (string, error) {
 	return f[19], nil
 }
 
+// inNamespace reports whether process pid is in network namespace ns.
+func inNamespace(pid int, ns *netns.NS) bool {
+	var p, n syscall.Stat_t
+	if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &p) != nil || syscall.Stat("/run/netns/"+ns.Name(), &n) != nil {
+		return false
+	}
+	return p.Dev == n.Dev && p.Ino == n.Ino
+}
+
 // signal sends sig to p if it is still the process it was.
 func (p proc) signal(sig syscall.Signal) error {
 	if p.pid == 0 {
@@ -244,11 +253,19 @@ func (v *vrrpPair) masterLines(i int) int {
 // stop kills the VRRP children (whatever state they are in: a stopped
 // child would not die of its monitor's death), then the monitors and the
 // echo servers. The topology's cleanup kills the processes it started
-// too; this is for the children it does not know of.
+// too; this is for the children it does not know of. A child whose pid
+// was never read (the pair failed to start before that) is looked up in
+// its pid file now, and killed only if that process is in the node's
+// namespace: a pid reused elsewhere is left alone.
 func (v *vrrpPair) stop() {
 	for _, n := range v.nodes {
 		if n == nil {
 			continue
+		}
+		if n.child.pid == 0 {
+			if c, err := readProc(n.vrrpPID); err == nil && inNamespace(c.pid, n.ns) {
+				n.child = c
+			}
 		}
 		n.child.signal(syscall.SIGKILL)
 		for _, p := range []*netns.Process{n.keepalived, n.echo} {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"testing"
 )
 
 // Kernel counters are per network namespace, and a test's namespaces are
@@ -52,4 +53,28 @@ func (ns *NS) KernelCounters(prefixes ...string) (string, error) {
 		}
 	}
 	return strings.Join(keep, "\n"), nil
+}
+
+// MustKernelCounter is KernelCounter for the test goroutine: a failure to
+// read the counter is fatal to the test.
+func (ns *NS) MustKernelCounter(t testing.TB, name string) uint64 {
+	t.Helper()
+	n, err := ns.KernelCounter(name)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return n
+}
+
+// LogCounters logs the namespace kernel's non-zero counters whose names
+// start with one of prefixes (KernelCounters), for a failing test: what
+// the kernel retransmitted, reset or dropped.
+func (ns *NS) LogCounters(t testing.TB, prefixes ...string) {
+	t.Helper()
+	out, err := ns.KernelCounters(prefixes...)
+	if err != nil {
+		t.Logf("nstat in %s: %v", ns.Role(), err)
+		return
+	}
+	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), out)
 }

@@ -53,7 +53,6 @@ type NS struct {
 	name string // full name, as `ip netns list` shows it
 	role string // short name: "switch", "client", "node0", "ns", or an AddHost name
 	port string // our veth's peer in the switch namespace; "" if none
-	link string // our veth inside this namespace; "" if none
 	addr netip.Addr
 	own  *owner
 
@@ -86,10 +85,6 @@ func (ns *NS) Role() string { return ns.role }
 // (the client, AddHost hosts, nodes with Options.NodeKernelAddrs).
 func (ns *NS) Addr() netip.Addr { return ns.addr }
 
-// Link is the name of this namespace's veth to the switch: HostLink for the
-// client and hosts, NodeUplink for nodes, "" for the switch and NewNS.
-func (ns *NS) Link() string { return ns.link }
-
 func (ns *NS) String() string { return ns.name }
 
 // NewNS creates a lone namespace holding only an up loopback (IPv6
@@ -110,7 +105,7 @@ func NewNS(t testing.TB) *NS {
 // the Debian package that provides it.
 func RequireTools(t testing.TB, tools ...string) {
 	t.Helper()
-	pkgs := map[string]string{"ip": "iproute2", "nft": "nftables", "bridge": "iproute2"}
+	pkgs := map[string]string{"ip": "iproute2", "nft": "nftables", "bridge": "iproute2", "tcpdump": "tcpdump"}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			pkg := pkgs[tool]

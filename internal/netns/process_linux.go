@@ -7,10 +7,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -209,4 +211,37 @@ func (o *outBuf) contains(s string) (bool, <-chan struct{}) {
 		o.changed = make(chan struct{})
 	}
 	return false, o.changed
+}
+
+// Capture, when dir is not empty, runs tcpdump on dev inside the namespace
+// for the rest of the test, writing headers (128 bytes of each frame) to
+// <dir>/<test>-<role>.pcap; it returns once tcpdump listens. Captures of
+// several members show where a frame went missing (the switch dropped it:
+// it is in one file and not the other) and what each one sent when. It
+// skips the test when tcpdump is missing; any other failure is fatal.
+func (ns *NS) Capture(t testing.TB, dev, dir string) {
+	t.Helper()
+	if dir == "" {
+		return
+	}
+	RequireTools(t, "tcpdump")
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + ns.Role() + ".pcap"
+	file := filepath.Join(dir, name)
+	p, err := ns.Start(context.Background(), "tcpdump", "-Z", "root", "-i", dev, "-U", "--immediate-mode", "-s", "128", "-w", file)
+	if err != nil {
+		t.Fatalf("netns: capture: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.WaitOutput(ctx, "listening on"); err != nil {
+		t.Fatalf("netns: capture: %v", err)
+	}
+	t.Cleanup(func() {
+		p.Signal(os.Interrupt)
+		select {
+		case <-p.Done():
+		case <-time.After(5 * time.Second):
+		}
+		t.Logf("capture: %s: %s", file, p.Output())
+	})
 }

@@ -103,7 +103,7 @@ func (tp *Topology) build() error {
 // plug creates a veth pair straight into the switch and ns (never through
 // the host namespace) and enslaves the switch end to the switch bridge.
 func (tp *Topology) plug(ns *NS, port, link string) error {
-	ns.port, ns.link = port, link
+	ns.port = port
 	return tp.sw.ip(
 		fmt.Sprintf("link add %s type veth peer name %s netns %s", port, link, ns.name),
 		fmt.Sprintf("link set %s master %s up", port, SwitchBridge),

@@ -16,14 +16,19 @@ import (
 	"go.uber.org/goleak"
 )
 
-// Build builds the module's package pkg (for example ./cmd/echoserver)
-// into dir and returns the binary's path; race builds it with -race.
-func Build(dir, pkg string, race bool) (string, error) {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+// goTool is the go command: `go test` puts its GOROOT/bin first on PATH.
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
 	}
-	gomod, err := exec.Command(goTool, "env", "GOMOD").Output()
+	return filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+}
+
+// ModuleRoot is the directory of the rfsis module's go.mod. Tests run in
+// their package's directory; paths a person gives relative to the
+// repository are resolved against this.
+func ModuleRoot() (string, error) {
+	gomod, err := exec.Command(goTool(), "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w", err)
 	}
@@ -31,18 +36,39 @@ func Build(dir, pkg string, race bool) (string, error) {
 	if mod == "" || mod == os.DevNull {
 		return "", errors.New("not inside the rfsis module (go env GOMOD is empty); run the tests with go test")
 	}
-	root := filepath.Dir(mod)
+	return filepath.Dir(mod), nil
+}
+
+// Build builds the module's package pkg (for example ./cmd/echoserver)
+// into dir and returns the binary's path; race builds it with -race.
+func Build(dir, pkg string, race bool) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
 	out := filepath.Join(dir, filepath.Base(pkg))
 	args := []string{"build", "-buildvcs=false", "-o", out}
 	if race {
 		args = append(args, "-race")
 	}
-	cmd := exec.Command(goTool, append(args, pkg)...)
+	cmd := exec.Command(goTool(), append(args, pkg)...)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build %s in %s: %w\n%s", pkg, root, err, b)
 	}
 	return out, nil
+}
+
+// CheckOutput fails the test (t.Errorf) if a program's output holds a
+// panic, a fatal runtime error or a race report: such a program failed
+// even when its clients saw nothing wrong. who names the program.
+func CheckOutput(t testing.TB, who, out string) {
+	t.Helper()
+	for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("%s output contains %q", who, bad)
+		}
+	}
 }
 
 // Main is the TestMain of a package whose tests run cmd/echoserver: it

@@ -2,8 +2,9 @@
 // running the real cmd/echoserver in their own network namespaces, kernel
 // TCP clients in a third, and faults injected mid-stream. Its only code
 // outside the _test.go files is the harness of such a pair (Pair: configs,
-// start-up, the start-up race, the faults), which the failover benchmark
-// (internal/failbench) shares; the client traffic is package workload's.
+// start-up, the start-up race, the faults), which the benchmarks share
+// (internal/failbench, and internal/bench's BenchmarkReplicated); the
+// client traffic is package workload's.
 //
 // Every test builds a throw-away LAN with internal/netns (a switch, a client
 // namespace, node 0 for the main and node 1 for the backup, each with its
@@ -20,7 +21,8 @@
 //	TestStopContMain        SIGSTOP of the main, SIGCONT after the takeover:
 //	                        the old main must stand down without a trace
 //	TestKillBackup          kill -9 of the backup: the main goes on alone
-//	TestConnectDuringKill   connections opened while the main dies
+//	TestConnectDuringKill   connections opened while the main dies;
+//	                        those dialled after the takeover must work
 //	TestKillMainUnderLoss, TestMainLinkDownUnderLoss, TestStopContMainUnderLoss
 //	                        the same three faults of the main with 1%
 //	                        random frame loss on the switch
@@ -59,7 +61,8 @@
 // t.Cleanup kills every process and deletes every namespace, failed or not.
 //
 // The tests need root (they skip otherwise) and the Debian packages
-// iproute2 (ip, nstat) and nftables (nft, for the loss test).
+// iproute2 (ip, nstat) and nftables (nft, for the three *UnderLoss
+// tests); tcpdump only for RFSIS_TAKEOVER_PCAP.
 //
 // Environment knobs:
 //
@@ -79,5 +82,9 @@
 //	RFSIS_TAKEOVER_RACE_SERVER=1  build the echo server with -race too
 //	RFSIS_TAKEOVER_ECHOSERVER=path  use this echoserver binary
 //
-// Run with: go test -race -count=1 -v ./internal/takeover
+// Run them as make test does, alone and without the race detector (its
+// slowdown of the client workload starves the 10 ms heartbeats on two
+// cores; the processes under test are not race-built anyway):
+//
+//	go test -count=1 -p 1 -v ./internal/takeover
 package takeover

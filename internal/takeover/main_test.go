@@ -42,9 +42,11 @@ func startPair(t *testing.T) *Pair {
 		p.Crash = syscall.SIGQUIT
 	}
 	t.Cleanup(func() { checkLogs(t, p) })
-	capture(t, tp.Client(), netns.HostLink)
-	capture(t, tp.Node(0), netns.NodeUplink)
-	capture(t, tp.Node(1), netns.NodeUplink)
+	// RFSIS_TAKEOVER_PCAP: the client's eth0 and both nodes' uplinks.
+	pcap := os.Getenv("RFSIS_TAKEOVER_PCAP")
+	tp.Client().Capture(t, netns.HostLink, pcap)
+	tp.Node(0).Capture(t, netns.NodeUplink, pcap)
+	tp.Node(1).Capture(t, netns.NodeUplink, pcap)
 
 	require.NoError(t, p.StartRetrying(context.Background(), startAttempts, t.Logf))
 	t.Logf("pair up: main pid %d in %s, backup pid %d in %s, service %s", p.Main.Pid(), tp.Node(0).Name(),
@@ -66,11 +68,7 @@ func checkLogs(t *testing.T, p *Pair) {
 			continue
 		}
 		out := proc.Output()
-		for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
-			if strings.Contains(out, bad) {
-				t.Errorf("%s echoserver output contains %q", role, bad)
-			}
-		}
+		progtest.CheckOutput(t, role+" echoserver", out)
 		if dir == "" && !t.Failed() {
 			continue
 		}
@@ -87,7 +85,8 @@ func checkLogs(t *testing.T, p *Pair) {
 		t.Logf("%s log (%d bytes): %s", role, len(out), path)
 	}
 	if t.Failed() {
-		logKernelCounters(t, p.TP.Client())
+		// What the client retransmitted, reset or dropped.
+		p.TP.Client().LogCounters(t, "Tcp")
 	}
 }
 
@@ -111,34 +110,15 @@ func waitExit(t *testing.T, proc *netns.Process, d time.Duration) error {
 	}
 }
 
-// logKernelCounters logs the non-zero TCP counters of ns's kernel (nstat,
-// from iproute2): what the client retransmitted, reset or dropped.
-func logKernelCounters(t *testing.T, ns *netns.NS) {
-	out, err := ns.KernelCounters("Tcp")
-	if err != nil {
-		t.Logf("nstat in %s: %v", ns.Role(), err)
-		return
-	}
-	t.Logf("%s kernel counters (nstat -as):\n%s", ns.Role(), out)
-}
-
-// kernelCounter reads one counter of ns's kernel by its nstat name.
-func kernelCounter(t *testing.T, ns *netns.NS, name string) uint64 {
-	t.Helper()
-	n, err := ns.KernelCounter(name)
-	require.NoError(t, err)
-	return n
-}
-
 // requireNoResets checks the client kernel's view: no established
 // connection was reset (an RST from either node, which the clients may
 // also have seen as an error) and the client sent no RST itself (it does
 // when a segment makes no sense for its connection).
 func requireNoResets(t *testing.T, p *Pair) {
 	t.Helper()
-	assert.Zero(t, kernelCounter(t, p.TP.Client(), "TcpEstabResets"),
+	assert.Zero(t, p.TP.Client().MustKernelCounter(t, "TcpEstabResets"),
 		"client kernel: established connections reset")
-	assert.Zero(t, kernelCounter(t, p.TP.Client(), "TcpOutRsts"),
+	assert.Zero(t, p.TP.Client().MustKernelCounter(t, "TcpOutRsts"),
 		"client kernel: RSTs sent by the client")
 }
 
@@ -151,33 +131,6 @@ func requireServiceWithBackup(t *testing.T, p *Pair) {
 	require.NoError(t, err)
 	assert.Contains(t, strings.ToLower(out), strings.ToLower(p.BackupMAC),
 		"client's neighbour entry for the service address: %q; want the backup's MAC %s", strings.TrimSpace(out), p.BackupMAC)
-}
-
-// capture, when RFSIS_TAKEOVER_PCAP names a directory, runs tcpdump on dev
-// in ns for the rest of the test, writing <dir>/<test>-<ns role>.pcap
-// (headers only). A frame the switch dropped shows in one file and not in
-// another; the node captures show what each node sent and when.
-func capture(t *testing.T, ns *netns.NS, dev string) {
-	t.Helper()
-	dir := os.Getenv("RFSIS_TAKEOVER_PCAP")
-	if dir == "" {
-		return
-	}
-	netns.RequireTools(t, "tcpdump")
-	name := strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()) + "-" + ns.Role() + ".pcap"
-	file := filepath.Join(dir, name)
-	p, err := ns.Start(context.Background(), "tcpdump", "-Z", "root", "-i", dev, "-U", "--immediate-mode", "-s", "128", "-w", file)
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, p.WaitOutput(ctx, "listening on"))
-	t.Cleanup(func() {
-		p.Signal(os.Interrupt)
-		select {
-		case <-p.Done():
-		case <-time.After(5 * time.Second):
-		}
-	})
 }
 
 // requireStillPaired fails the test if the pair changed roles before the

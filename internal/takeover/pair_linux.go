@@ -124,26 +124,39 @@ func (p *Pair) StartMain(ctx context.Context) error {
 // AddBackup starts the backup and waits for the main's next "backup
 // joined". It returns ErrStartRace when the backup took over instead.
 func (p *Pair) AddBackup(ctx context.Context) error {
-	joined := strings.Count(p.Main.Output(), LogProtected)
+	joined := p.Joins()
 	var err error
 	if p.Backup, err = p.StartNode(true); err != nil {
 		return err
 	}
-	// Whichever comes first: the main protected, or the backup serving.
+	return p.WaitJoined(ctx, joined)
+}
+
+// Joins is how many times the main has logged "backup joined" so far.
+func (p *Pair) Joins() int { return strings.Count(p.Main.Output(), LogProtected) }
+
+// WaitJoined waits until the main has logged "backup joined" more than
+// before times (Joins before the backup was started or resumed), or the
+// backup took the service over instead (ErrStartRace), whichever comes
+// first. It fails when ctx ends or either node exits first.
+func (p *Pair) WaitJoined(ctx context.Context, before int) error {
+	var gone error // a node exited: said once the logs are read again
 	for {
 		switch {
 		case strings.Contains(p.Backup.Output(), LogTookOver):
 			return ErrStartRace
-		case strings.Count(p.Main.Output(), LogProtected) > joined:
+		case p.Joins() > before:
 			return nil
+		case gone != nil:
+			return gone
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the main never reported its backup: %w", ctx.Err())
 		case <-p.Main.Done():
-			return exited("the main, while its backup started,", p.Main)
+			gone = exited("the main, while waiting for its backup,", p.Main)
 		case <-p.Backup.Done():
-			return exited("the backup, at start,", p.Backup)
+			gone = exited("the backup, before joining,", p.Backup)
 		case <-time.After(2 * time.Millisecond):
 		}
 	}

@@ -95,15 +95,7 @@ var stories = map[Fault]faultStory{
 func faultTrial(t *testing.T, f Fault, lossPercent float64) workload.Stall {
 	story, ok := stories[f]
 	require.True(t, ok, "no story for fault %q", f)
-	p := startPair(t)
-	if lossPercent > 0 {
-		netns.RequireTools(t, "nft")
-		require.NoError(t, p.TP.SetLoss(lossPercent))
-	}
-	w := startWorkload(t, p, workload.Default)
-	time.Sleep(warmup)
-
-	requireStillPaired(t, p, "after the warm-up")
+	p, w := startWarmPair(t, lossPercent)
 	fault := time.Now()
 	require.NoError(t, p.Inject(f))
 	waitOutput(t, p.Backup, takeoverWait, LogTookOver)
@@ -125,6 +117,23 @@ func faultTrial(t *testing.T, f Fault, lossPercent float64) workload.Stall {
 	s := workload.ComputeStall(rs, fault)
 	t.Logf("%s: takeover logged %v after the fault; %v", f.Label(), tookOver.Round(time.Millisecond), s)
 	return s
+}
+
+// startWarmPair is the prologue of every fault: a pair (startPair), the
+// switch dropping lossPercent of the frames from then on when it is above
+// 0, the default workload run for warmup, and the check that the pair is
+// still the main and the backup it started as.
+func startWarmPair(t *testing.T, lossPercent float64) (*Pair, *workload.Workload) {
+	t.Helper()
+	p := startPair(t)
+	if lossPercent > 0 {
+		netns.RequireTools(t, "nft")
+		require.NoError(t, p.TP.SetLoss(lossPercent))
+	}
+	w := startWorkload(t, p, workload.Default)
+	time.Sleep(warmup)
+	requireStillPaired(t, p, "after the warm-up")
+	return p, w
 }
 
 // TestKillMain is fault 1: kill -9 of the main mid-stream. Every
@@ -178,11 +187,7 @@ func TestStopContMainUnderLoss(t *testing.T) {
 // within its detection window, open its gates and serve unprotected; the
 // clients only see the gates held for that window.
 func TestKillBackup(t *testing.T) {
-	p := startPair(t)
-	w := startWorkload(t, p, workload.Default)
-	time.Sleep(warmup)
-
-	requireStillPaired(t, p, "after the warm-up")
+	p, w := startWarmPair(t, 0)
 	fault := time.Now()
 	require.NoError(t, p.Backup.Kill())
 	waitOutput(t, p.Main, takeoverWait, LogUnprotected)
@@ -203,15 +208,16 @@ func TestKillBackup(t *testing.T) {
 // TestConnectDuringKill is fault 5: connections opened while the main
 // dies. Each must either complete normally (every byte echoed, clean EOF)
 // or be refused cleanly (ECONNREFUSED at connect); none may hang, be reset
-// after connecting, or lose data. Connections are opened every 5 ms from
-// 300 ms before the kill to 700 ms after it, beside the usual workload.
+// after connecting, or lose data. Those dialled after the backup logged
+// its takeover must complete: the service is back. Connections are opened
+// every 5 ms from 300 ms before the kill to 700 ms after it, beside the
+// usual workload.
 func TestConnectDuringKill(t *testing.T) {
-	p := startPair(t)
-	w := startWorkload(t, p, workload.Default)
-	time.Sleep(warmup)
+	p, w := startWarmPair(t, 0)
 
 	type outcome struct {
-		name string
+		name  string
+		start time.Time // when it began to dial
 		workload.ShortResult
 	}
 	var (
@@ -219,36 +225,60 @@ func TestConnectDuringKill(t *testing.T) {
 		outcomes []outcome
 		wg       sync.WaitGroup
 	)
-	requireStillPaired(t, p, "after the warm-up")
 	churnStart := time.Now()
 	killAt := churnStart.Add(300 * time.Millisecond)
 	churnEnd := killAt.Add(700 * time.Millisecond)
-	killed := make(chan time.Time, 1)
+	type kill struct {
+		at  time.Time
+		err error
+	}
+	killed := make(chan kill, 1)
 	go func() {
 		time.Sleep(time.Until(killAt))
 		now := time.Now()
-		p.Inject(Kill)
-		killed <- now
+		killed <- kill{now, p.Inject(Kill)}
+	}()
+	// The takeover's log line, timed as it is written (at the latest).
+	tookOver := make(chan time.Time, 1)
+	go func() {
+		defer close(tookOver)
+		ctx, cancel := context.WithDeadline(context.Background(), killAt.Add(takeoverWait))
+		defer cancel()
+		if p.Backup.WaitOutput(ctx, LogTookOver) == nil {
+			tookOver <- time.Now()
+		}
 	}()
 	for i := 0; time.Now().Before(churnEnd); i++ {
 		wg.Add(1)
+		start := time.Now()
 		go func() {
 			defer wg.Done()
-			o := outcome{fmt.Sprintf("churn%03d", i), workload.ShortConn(context.Background(), dialer(p), i, workload.Default.LineSize)}
+			o := outcome{fmt.Sprintf("churn%03d", i), start,
+				workload.ShortConn(context.Background(), dialer(p), i, workload.Default.LineSize)}
 			mu.Lock()
 			outcomes = append(outcomes, o)
 			mu.Unlock()
 		}()
 		time.Sleep(5 * time.Millisecond)
 	}
-	fault := <-killed
-	waitOutput(t, p.Backup, takeoverWait, LogTookOver)
+	k := <-killed
+	require.NoError(t, k.err, "kill -9 of the main")
+	fault := k.at
+	takeoverAt, ok := <-tookOver
+	require.True(t, ok, "the backup did not log its takeover within %v of the kill", takeoverWait)
 	wg.Wait() // every ShortConn is deadline-bounded
 
-	completed, refused := 0, 0
+	completed, refused, late := 0, 0, 0
 	var slowest time.Duration
-	var bad []string
+	var bad, lateRefused []string
 	for _, o := range outcomes {
+		if o.start.After(takeoverAt) {
+			late++
+			if o.Refused {
+				lateRefused = append(lateRefused, fmt.Sprintf("%s (dialled %v after the takeover)",
+					o.name, o.start.Sub(takeoverAt).Round(time.Millisecond)))
+			}
+		}
 		switch {
 		case o.Err != nil:
 			bad = append(bad, fmt.Sprintf("%s: %v", o.name, o.Err))
@@ -259,9 +289,12 @@ func TestConnectDuringKill(t *testing.T) {
 			slowest = max(slowest, o.Connect)
 		}
 	}
-	t.Logf("connections opened around the kill: %d completed (slowest connect %v), %d refused, %d failed",
-		completed, slowest.Round(time.Millisecond), refused, len(bad))
+	t.Logf("connections opened around the kill: %d completed (slowest connect %v), %d refused, %d failed; "+
+		"%d dialled after the takeover, logged %v after the kill",
+		completed, slowest.Round(time.Millisecond), refused, len(bad), late, takeoverAt.Sub(fault).Round(time.Millisecond))
 	assert.Empty(t, bad, "connections opened while the main died must complete or be refused cleanly")
+	assert.NotZero(t, late, "no connection was dialled after the backup logged its takeover")
+	assert.Empty(t, lateRefused, "connections dialled after the backup logged its takeover must complete, not be refused")
 
 	rs := finish(t, w, drain)
 	requireClean(t, rs, fault)
