@@ -23,10 +23,16 @@ type Offload struct {
 	DataValid bool
 }
 
-// OffloadDevice is a Device that can carry frames larger than the MTU with
-// offload metadata. Devices without offloads implement Device only.
+// OffloadDevice is a Device that can carry offload metadata and frames
+// larger than the MTU. Whether it does is fixed when it is opened: a TAP
+// opened without offloads implements the interface but reports false
+// from Offload, and is then used through Device's methods only. Devices
+// that never offload (link/pipe) implement Device only.
 type OffloadDevice interface {
 	Device
+	// Offload reports whether the device carries offload metadata; when
+	// false, the methods below are not used.
+	Offload() bool
 	// MaxFrame is the largest frame ReadFrameOffload may return and
 	// WriteFrameOffload may take.
 	MaxFrame() int

@@ -274,11 +274,7 @@ func (s *Stack) sendARP(op uint16, ethDst wire.MAC, senderIP netip.Addr, targetM
 // Requests always come from the primary address: as the target learns our
 // sender address (RFC 826), a request from a service address would announce
 // it, which only the failover layer may decide.
-func (s *Stack) sendARPRequest(ip netip.Addr) {
-	if s.sendARP(wire.ARPRequest, wire.BroadcastMAC, s.primary, wire.MAC{}, ip) == nil {
-		s.stats.ARPRequestsOut.Add(1)
-	}
-}
+func (s *Stack) sendARPRequest(ip netip.Addr) { s.sendARPProbe(ip, wire.BroadcastMAC) }
 
 // sendARPProbe asks mac directly whether it still owns ip, refreshing a
 // mapping in use before it expires (Linux's unicast probe).

@@ -1,13 +1,28 @@
-// Package stack is the IPv4 stack below TCP: Ethernet, ARP, IPv4 and ICMP
-// echo over a link.Device (a TAP device, or link/pipe in tests). The TCP
-// layer plugs in through the unexported hooks documented in ipv4.go.
+// Package stack is the user-space network stack on a link.Device (a TAP
+// device, or link/pipe in tests): Ethernet, ARP, IPv4, ICMP echo, and TCP
+// for applications, with the sans-I/O connections of stack/tcp bound to
+// the wire and the clock here. Listener and Conn are a net.Listener and
+// net.Conn (ListenTCP, DialTCP). For failover it also carries the
+// stack's side of replication (ReplicationHook and Replica on the main,
+// AdoptStandby and Standby on the backup; see replication.go), and the
+// means to keep an address silent (Hold) or to let it send only under a
+// lease the failover layer renews (SetLease).
 //
 // # Threading
 //
 // One goroutine reads frames into a single reused buffer and runs the whole
-// receive path, up to the transport's handler. A second drives ARP timers.
-// Sending (sendIPv4) is safe from any goroutine. Outbound frames come from a
-// pool, so neither direction allocates per packet in steady state.
+// receive path, up to TCP's handling of the segment. A second drives ARP
+// timers. SendGratuitousARP with a count above one sends the repeats from
+// a goroutine of its own, which ends after the last, at Close, or when the
+// address is given up or held. Each TCP connection's timers (retransmission,
+// delayed ACK, keepalive, TIME-WAIT...) run from one time.AfterFunc timer
+// re-armed to its next deadline, whose callback takes the connection's
+// lock like any other call into it; a Conn's read and write deadlines are
+// time.AfterFunc timers too, which only wake the waiting call.
+// Applications' Read and Write run on their own goroutines and wait on the
+// connection's wake-ups. Sending (sendIPv4) is safe from any goroutine.
+// Outbound frames come from a pool, so neither direction allocates per
+// packet in steady state.
 //
 // # Addresses
 //

@@ -15,14 +15,16 @@ import (
 // Output, for the transport:
 //
 //	p := s.newPacket()                 // pooled, no allocation in steady state
-//	seg := p.payload()                 // len MTU-20: write the TCP header+data here
+//	seg := p.payload()                 // maxIP-20 bytes: write the TCP header+data here
 //	n := encodeSegment(seg, ...)       // the TCP checksum uses wire.PseudoHeaderChecksum
 //	err := s.sendIPv4(p, src, dst, wire.ProtoTCP, n)
 //
 // sendIPv4 always takes p back, whatever it returns: do not touch p after
-// the call. A nil error means the datagram was written to the device or is
-// waiting for ARP (it is dropped and counted if resolution fails, as a lost
-// packet the transport's retransmission covers).
+// the call. A nil error means the datagram was written to the device, or
+// is waiting for ARP (it is dropped and counted if resolution fails), or
+// was dropped because its source address is held (Hold) or its lease
+// lapsed and was not renewed (SetLease), counted in HeldDrops: each is a
+// lost packet the transport's retransmission covers.
 //
 // Input, from the transport: set a transportHandler with setTransport. The
 // read goroutine calls handleTCP for every TCP datagram addressed to one of
@@ -38,14 +40,15 @@ const headroom = wire.EthernetHeaderLen + wire.IPv4MinHeaderLen
 // defaultTTL is the TTL of every datagram we send (Linux's default).
 const defaultTTL = 64
 
-// packet is a pooled outbound frame buffer of EthernetHeaderLen+MTU bytes.
+// packet is a pooled outbound frame buffer of EthernetHeaderLen+maxIP
+// bytes: the MTU, or up to 64 KiB with offloads.
 type packet struct {
 	buf []byte
 	n   int          // frame length, once headers are written
 	off link.Offload // offload metadata, for devices that take it
 }
 
-// payload is the room for the transport's header and data: MTU-20 bytes.
+// payload is the room for the transport's header and data: maxIP-20 bytes.
 func (p *packet) payload() []byte { return p.buf[headroom:] }
 
 // newPacket takes a buffer from the pool. Its contents are undefined.
@@ -125,8 +128,8 @@ func (s *Stack) prepareIPv4(p *packet, src, dst netip.Addr, proto uint8, n int) 
 	if _, err := wire.EncodeIPv4(p.buf[wire.EthernetHeaderLen:], h, n); err != nil {
 		return hop, err
 	}
-	copy(p.buf[6:12], s.mac[:])
-	p.buf[12], p.buf[13] = byte(wire.EtherTypeIPv4>>8), byte(wire.EtherTypeIPv4&0xff)
+	// The destination MAC is filled in when the next hop is resolved.
+	wire.EncodeEthernet(p.buf, wire.MAC{}, s.mac, wire.EtherTypeIPv4)
 	p.n = headroom + n
 	return hop, nil
 }
@@ -155,13 +158,7 @@ func (s *Stack) output(p *packet, hop netip.Addr) error {
 		if probe {
 			s.sendARPProbe(hop, mac)
 		}
-		copy(p.buf[0:6], mac[:])
-		err := s.writeFrameOffload(p.buf[:p.n], p.off)
-		if err == nil {
-			s.stats.IPv4Out.Add(1)
-		}
-		s.putPacket(p)
-		return err
+		return s.sendHeld(p, mac)
 	}
 	request, dropped := s.arp.hold(hop, p, now)
 	if request {
@@ -179,14 +176,17 @@ func (s *Stack) output(p *packet, hop netip.Addr) error {
 	return nil
 }
 
-// sendHeld writes a packet that waited for ARP; called with arpMu held so
-// that waiting packets leave in order, ahead of any sent after resolution.
-func (s *Stack) sendHeld(p *packet, mac wire.MAC) {
+// sendHeld writes a prepared packet to mac, its next hop's address, and
+// takes p back. For packets that waited for ARP it is called with arpMu
+// held, so that they leave in order, ahead of any sent after resolution.
+func (s *Stack) sendHeld(p *packet, mac wire.MAC) error {
 	copy(p.buf[0:6], mac[:])
-	if s.writeFrameOffload(p.buf[:p.n], p.off) == nil {
+	err := s.writeFrameOffload(p.buf[:p.n], p.off)
+	if err == nil {
 		s.stats.IPv4Out.Add(1)
 	}
 	s.putPacket(p)
+	return err
 }
 
 // failHeld drops a packet whose next hop never answered.

@@ -114,6 +114,11 @@ var ErrDiverged = errors.New("stack: hot-standby output diverged from the main's
 // be served.
 var ErrAcceptQueueFull = errors.New("stack: standby: accept queue full")
 
+// ErrSYNBacklogFull is returned by AdoptStandby for a connection still in
+// its handshake when the listener's SYN backlog is full or the listener is
+// closed: the standby would not be served.
+var ErrSYNBacklogFull = errors.New("stack: standby: SYN backlog full")
+
 // ErrStandbyGone is returned by a Standby's methods once the stack has
 // dropped the connection on its own (the accept queue was full when it
 // completed its handshake): the failover layer must stop replicating it.
@@ -130,10 +135,16 @@ func (ep *endpoint) goneLocked() error {
 }
 
 // AdoptStandby creates a standby connection from the main's opening
-// snapshot and queues it on the listener for addr's port, so the
-// backup's application accepts it like any connection; its reads get the
-// replicated inbound bytes and its writes are held and compared with the
-// main's output. The connection sends nothing until GoLive.
+// snapshot and queues it on l, the backup's listener for the connection's
+// local port, so the backup's application accepts it like any connection;
+// its reads get the replicated inbound bytes and its writes are held and
+// compared with the main's output (hot standby). A standby still in its
+// handshake takes a place in l's SYN backlog until the main reports it
+// complete; with the backlog full (or l closed) it is not adopted and the
+// error wraps ErrSYNBacklogFull. With l nil (no application listens on
+// that port here) the connection is a cold standby: it keeps the state for
+// takeover, and nobody accepts it. The connection sends nothing until
+// GoLive.
 func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
 	c, err := tcp.RestoreStandby(snap, time.Now())
 	if err != nil {
@@ -142,41 +153,39 @@ func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
 	t := s.tcp
 	ep := newEndpoint(t, c)
 	ep.appNext = c.WrittenEnd()
+	handshaking := c.State() == tcp.StateSynReceived
+	if l != nil && handshaking {
+		if !l.reserveHalfOpen() {
+			return nil, fmt.Errorf("stack: standby %v: %w", ep.id, ErrSYNBacklogFull)
+		}
+		ep.listener = l // until the handshake completes (afterLocked)
+	}
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
+		ep.releaseListener()
 		return nil, ErrClosed
 	}
 	if _, dup := t.conns[ep.id]; dup {
 		t.mu.Unlock()
+		ep.releaseListener()
 		return nil, fmt.Errorf("stack: standby %v: %w", ep.id, errAddrInUse)
 	}
 	t.conns[ep.id] = ep
 	t.mu.Unlock()
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	switch {
-	case l == nil:
-		// No application listens on this port here: a cold standby that
-		// keeps the state for takeover.
-		if c.State() != tcp.StateSynReceived {
-			close(ep.established)
-		}
-	case c.State() != tcp.StateSynReceived:
-		close(ep.established)
-		if !l.enqueue(ep) {
-			// Leave no copy behind in the table: at takeover it would
-			// swallow the client's segments instead of answering them.
-			now := time.Now()
-			ep.c.Abort(now)
-			ep.afterLocked(now)
-			return nil, ErrAcceptQueueFull
-		}
-	default:
-		ep.listener = l
-		l.mu.Lock()
-		l.halfOpen++
-		l.mu.Unlock()
+	if handshaking {
+		return &Standby{ep: ep}, nil
+	}
+	close(ep.established)
+	if l != nil && !l.enqueue(ep) {
+		// Leave no copy behind in the table: at takeover it would
+		// swallow the client's segments instead of answering them.
+		now := time.Now()
+		ep.c.Abort(now)
+		ep.afterLocked(now)
+		return nil, ErrAcceptQueueFull
 	}
 	return &Standby{ep: ep}, nil
 }
@@ -263,13 +272,20 @@ func (sb *Standby) Progress(p tcp.Progress) error {
 	if err := ep.goneLocked(); err != nil {
 		return err
 	}
+	room := ep.c.Writable()
 	err := ep.c.StandbyProgress(p)
+	if ep.c.Writable() > room {
+		// The client's acknowledgements made room for the application's
+		// held writes (holdStandbyWriteLocked).
+		signal(ep.writable)
+	}
 	ep.afterLocked(time.Now())
 	return err
 }
 
 // GoLive turns the standby live at takeover (see tcp.Conn.GoLive): the
-// bytes its application wrote beyond what the main shipped follow.
+// bytes its application wrote beyond what the main shipped follow, then
+// the application's held close (flushHeldLocked).
 func (sb *Standby) GoLive(sent tcp.Seq, dupAcks int) error {
 	ep := sb.ep
 	ep.mu.Lock()
@@ -278,11 +294,74 @@ func (sb *Standby) GoLive(sent tcp.Seq, dupAcks int) error {
 	if err := ep.c.GoLive(now, sent, dupAcks); err != nil {
 		return err
 	}
-	if len(ep.held) > 0 {
-		n, _ := ep.c.Write(ep.held)
-		ep.held = ep.held[:copy(ep.held, ep.held[n:])]
+	ep.afterLocked(now)
+	return nil
+}
+
+// holdStandbyWriteLocked takes a hot-standby application's write. The
+// part the main has already shipped is compared with the main's bytes
+// (the standby's connection holds them); the rest is held until the
+// main's bytes arrive (Standby.Written) or the standby goes live. Held
+// bytes take room in the send buffer, as a live connection's writes do:
+// it takes what fits and returns how much, zero when the buffer is full
+// (wait for writable; the client's acknowledgements make room, see
+// Standby.Progress), so everything held fits at GoLive. The caller holds
+// ep.mu.
+func (ep *endpoint) holdStandbyWriteLocked(p []byte) (int, error) {
+	if ep.gone {
+		// Dropped, or the stack closed: the application's writes fail as
+		// a live connection's would.
+		if err := ep.c.Err(); err != nil {
+			return 0, err
+		}
+		return 0, tcp.ErrNotOpen
 	}
-	// The application's held close follows its held bytes.
+	mainEnd := ep.c.WrittenEnd()
+	covered := 0
+	if len(ep.held) == 0 && mainEnd.Greater(ep.appNext) {
+		covered = min(len(p), int(mainEnd.Sub(ep.appNext)))
+		// Compare with the main's bytes the standby still holds: the
+		// client may have acknowledged, and so trimmed, the oldest.
+		from := ep.appNext
+		if oldest := mainEnd - tcp.Seq(ep.c.Unsent()); oldest.Greater(from) {
+			from = oldest
+		}
+		if skip := int(from.Sub(ep.appNext)); skip < covered {
+			var err error
+			ep.cmpBuf, err = ep.c.AppendWrittenMax(ep.cmpBuf[:0], from, covered-skip)
+			if err == nil && !bytes.Equal(ep.cmpBuf, p[skip:covered]) {
+				ep.t.n.diverged.Add(1)
+			}
+		}
+	}
+	n := covered + min(len(p)-covered, max(ep.c.Writable()-len(ep.held), 0))
+	ep.held = append(ep.held, p[covered:n]...)
+	ep.appNext = ep.appNext.Add(uint32(n))
+	return n, nil
+}
+
+// flushHeldLocked runs in afterLocked once a hot standby has gone live
+// with held bytes or a held close: it moves the bytes into the send buffer
+// as far as they fit (the rest follows as the client's acknowledgements
+// make room; the application's new writes wait behind them), and applies
+// the held close once they are all in (a closed application's reading
+// ends at once). Bytes the connection no longer takes (it ended, or the
+// main's close came first) are dropped: the client never gets them.
+func (ep *endpoint) flushHeldLocked(now time.Time) {
+	if ep.appClosed {
+		ep.c.CloseRead() // nobody will read
+	}
+	if len(ep.held) > 0 {
+		n, err := ep.c.Write(ep.held)
+		if err != nil {
+			n = len(ep.held)
+		}
+		ep.held = ep.held[:copy(ep.held, ep.held[n:])]
+		if len(ep.held) > 0 {
+			return
+		}
+	}
+	ep.held = nil // it may have held megabytes
 	switch {
 	case ep.appClosed:
 		ep.c.CloseRead()
@@ -290,34 +369,7 @@ func (sb *Standby) GoLive(sent tcp.Seq, dupAcks int) error {
 	case ep.appWriteClosed:
 		ep.c.CloseWrite(now)
 	}
-	ep.afterLocked(now)
-	return nil
-}
-
-// holdStandbyWriteLocked takes a hot-standby application's write. The
-// part the main has already shipped is compared with it (the standby's
-// connection holds it); the rest is held until the main's bytes arrive
-// (Standby.Written) or the standby goes live. It reports false when the
-// connection is not a standby. The caller holds ep.mu.
-func (ep *endpoint) holdStandbyWriteLocked(p []byte) bool {
-	if !ep.c.Standby() {
-		return false
-	}
-	mainEnd := ep.c.WrittenEnd()
-	covered := 0
-	if len(ep.held) == 0 && mainEnd.Greater(ep.appNext) {
-		covered = min(len(p), int(mainEnd.Sub(ep.appNext)))
-		// Compare with the main's bytes still held (the client may have
-		// acknowledged, and so trimmed, the oldest).
-		var err error
-		ep.cmpBuf, err = ep.c.AppendWritten(ep.cmpBuf[:0], ep.appNext)
-		if err == nil && !bytes.Equal(ep.cmpBuf[:min(covered, len(ep.cmpBuf))], p[:min(covered, len(ep.cmpBuf))]) {
-			ep.t.n.diverged.Add(1)
-		}
-	}
-	ep.held = append(ep.held, p[covered:]...)
-	ep.appNext = ep.appNext.Add(uint32(len(p)))
-	return true
+	ep.appClosed, ep.appWriteClosed = false, false
 }
 
 // Drop ends a standby connection silently (the main's copy ended): its

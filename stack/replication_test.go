@@ -240,3 +240,225 @@ func TestStandbyAppCloseIsHeld(t *testing.T) {
 	require.Zero(t, n)
 	require.ErrorIs(t, err, io.EOF, "the held close reaches the client as a FIN")
 }
+
+// standbyEP returns the endpoint of the trio's only standby connection.
+func (tr *trio) standbyEP(t *testing.T) *endpoint {
+	t.Helper()
+	tr.hook.mu.Lock()
+	defer tr.hook.mu.Unlock()
+	require.Len(t, tr.hook.standbys, 1)
+	return tr.hook.standbys[0].ep
+}
+
+// takeover cuts the main off and turns the backup's standbys live.
+func (tr *trio) takeover(t *testing.T) {
+	t.Helper()
+	tr.h.Cut(1, true)
+	tr.main.Close()
+	require.NoError(t, tr.backup.AddAddress(tr.svc))
+	require.NoError(t, tr.backup.SendGratuitousARP(tr.svc, 1, 0))
+	tr.hook.mu.Lock()
+	defer tr.hook.mu.Unlock()
+	for _, sb := range tr.hook.standbys {
+		require.NoError(t, sb.GoLive(sb.WrittenEnd(), 5))
+	}
+}
+
+// dialAccept connects the trio's client to the service and accepts the
+// connection on both nodes.
+func (tr *trio) dialAccept(t *testing.T, n byte) (c *Conn, cm, cb net.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := tr.client.DialTCP(ctx, netip.MustParseAddr(fmt.Sprintf("10.77.%d.10", n)), netip.AddrPortFrom(tr.svc, 7))
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	cm, err = tr.ml.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { cm.Close() })
+	cb, err = tr.bl.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { cb.Close() })
+	return c, cm, cb
+}
+
+// TestStandbyWritesAheadOfMain: the backup's application writes more than
+// a send buffer holds before the main's application writes anything. Its
+// writes wait for room as a live connection's do, and after the takeover
+// the client gets every byte, in order, then the held close.
+func TestStandbyWritesAheadOfMain(t *testing.T) {
+	tr := newTrio(t, 5)
+	c, _, cb := tr.dialAccept(t, 5)
+	data := make([]byte, 8<<20)
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	tail := []byte("written last")
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := cb.Write(data)
+		if err == nil {
+			_, err = cb.Write(tail)
+		}
+		if err == nil {
+			err = cb.(*Conn).CloseWrite()
+		}
+		wrote <- err
+	}()
+	ep := tr.standbyEP(t)
+	held := func() int {
+		ep.mu.Lock()
+		defer ep.mu.Unlock()
+		return len(ep.held)
+	}
+	waitFor(t, "the standby's application to write", func() bool { return held() >= 4<<20 })
+	time.Sleep(50 * time.Millisecond) // it would go on if nothing held it back
+	ep.mu.Lock()
+	room := ep.c.Writable()
+	ep.mu.Unlock()
+	require.LessOrEqual(t, held(), room, "the standby's held writes outgrew its send buffer")
+	select {
+	case err := <-wrote:
+		t.Fatalf("the standby's write of %d bytes returned (%v) with no room for them", len(data), err)
+	default:
+	}
+
+	tr.takeover(t)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(20*time.Second)))
+	got, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.NoError(t, <-wrote)
+	want := append(bytes.Clone(data), tail...)
+	require.Equal(t, len(want), len(got), "bytes the client got")
+	require.True(t, bytes.Equal(want, got), "the client's bytes differ from what the application wrote")
+	require.Zero(t, tr.backup.TCPStats().Diverged)
+}
+
+// TestStandbyComparesAfterClientAcked: the client has acknowledged the
+// start of the main's output, which the standby then no longer holds,
+// when the backup's application writes the same place: what the standby
+// still holds is compared, and a difference counts as divergence.
+func TestStandbyComparesAfterClientAcked(t *testing.T) {
+	tr := newTrio(t, 6)
+	c, cm, cb := tr.dialAccept(t, 6)
+	ep := tr.standbyEP(t)
+	standby := func() (written tcp.Seq, unsent int) {
+		ep.mu.Lock()
+		defer ep.mu.Unlock()
+		return ep.c.WrittenEnd(), ep.c.Unsent()
+	}
+	start, _ := standby()
+
+	first := bytes.Repeat([]byte{'a'}, 1000)
+	_, err := cm.Write(first)
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = io.ReadFull(c, make([]byte, len(first)))
+	require.NoError(t, err)
+	waitFor(t, "the client's acknowledgement to reach the standby", func() bool {
+		end, unsent := standby()
+		return end == start.Add(1000) && unsent == 0
+	})
+
+	// The client's acknowledgements of the rest are lost.
+	tr.h.Cut(0, true)
+	second := bytes.Repeat([]byte{'b'}, 1000)
+	_, err = cm.Write(second)
+	require.NoError(t, err)
+	waitFor(t, "the main's second write to reach the standby", func() bool {
+		end, unsent := standby()
+		return end == start.Add(2000) && unsent == 1000
+	})
+
+	mine := append(bytes.Clone(first), bytes.Repeat([]byte{'c'}, 1000)...)
+	_, err = cb.Write(mine)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, tr.backup.TCPStats().Diverged, "the standby's different bytes were not noticed")
+	tr.h.Cut(0, false)
+}
+
+// TestGoneLiveStandbyDrainsHeld: a standby goes live holding more of its
+// application's bytes than the send buffer takes at once (held here by
+// hand: backpressure keeps a real application from it). The rest follows
+// as the client acknowledges, and the application's close, or its later
+// write and then its close, come after it.
+func TestGoneLiveStandbyDrainsHeld(t *testing.T) {
+	for i, tail := range [][]byte{nil, []byte("written after the takeover")} {
+		t.Run(fmt.Sprintf("tail=%d", len(tail)), func(t *testing.T) {
+			n := byte(7 + i)
+			tr := newTrio(t, n)
+			c, _, cb := tr.dialAccept(t, n)
+			ep := tr.standbyEP(t)
+			ep.mu.Lock()
+			held := make([]byte, ep.c.Writable()+2<<20)
+			for i := range held {
+				held[i] = byte(i * 3 / 7)
+			}
+			ep.held = bytes.Clone(held)
+			ep.appNext = ep.appNext.Add(uint32(len(held)))
+			ep.mu.Unlock()
+
+			tr.takeover(t)
+			ep.mu.Lock()
+			require.NotEmpty(t, ep.held, "everything fitted: the test tests nothing")
+			ep.mu.Unlock()
+			wrote := make(chan error, 1)
+			go func() {
+				var err error
+				if tail != nil {
+					_, err = cb.Write(tail)
+				}
+				if err == nil {
+					err = cb.(*Conn).CloseWrite()
+				}
+				wrote <- err
+			}()
+			require.NoError(t, c.SetReadDeadline(time.Now().Add(20*time.Second)))
+			got, err := io.ReadAll(c)
+			require.NoError(t, err)
+			require.NoError(t, <-wrote)
+			want := append(held, tail...)
+			require.Equal(t, len(want), len(got), "bytes the client got")
+			require.True(t, bytes.Equal(want, got), "the client's bytes differ from what the application wrote")
+		})
+	}
+}
+
+// synReceivedSnapshot is the opening record of a connection to port 7 of
+// addr from a client's port, still in its handshake, as a main ships it.
+func synReceivedSnapshot(addr netip.Addr, port uint16) tcp.Snapshot {
+	id := tcp.FourTuple{LocalAddr: addr, LocalPort: 7, RemoteAddr: netip.MustParseAddr("10.77.1.10"), RemotePort: port}
+	syn := &tcp.Segment{SrcPort: port, DstPort: 7, Seq: 1000, Flags: tcp.FlagSYN, Window: 65535, MSS: 1460, WScale: -1}
+	return tcp.NewPassive(tcp.DefaultConfig(), id, 5000, syn, time.Now()).Snapshot()
+}
+
+// TestAdoptStandbyTakesSYNBacklog: a standby still in its handshake takes
+// a place in the listener's SYN backlog; with none left, or the listener
+// closed, it is not adopted, and nothing stays behind in the table.
+func TestAdoptStandbyTakesSYNBacklog(t *testing.T) {
+	p := newPair(t)
+	s, addr := p.srv, p.srvAddr // the backup
+	l, err := s.ListenTCP(netip.AddrPortFrom(addr, 7), ListenConfig{SYNBacklog: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	halfOpen := func() int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.halfOpen
+	}
+
+	sb, err := s.AdoptStandby(synReceivedSnapshot(addr, 40001), l)
+	require.NoError(t, err)
+	require.Equal(t, 1, halfOpen())
+	_, err = s.AdoptStandby(synReceivedSnapshot(addr, 40002), l)
+	require.ErrorIs(t, err, ErrSYNBacklogFull)
+	require.Equal(t, 1, halfOpen())
+	require.EqualValues(t, 1, s.TCPStats().CurrentConnections, "the refused standby stayed in the table")
+
+	sb.Drop()
+	require.Equal(t, 0, halfOpen(), "the dropped standby kept its place")
+	require.NoError(t, l.Close())
+	_, err = s.AdoptStandby(synReceivedSnapshot(addr, 40003), l)
+	require.ErrorIs(t, err, ErrSYNBacklogFull, "adopted for a closed listener")
+	require.Zero(t, s.TCPStats().CurrentConnections)
+}

@@ -158,13 +158,15 @@ func isDirectedBroadcast(p netip.Prefix, a netip.Addr) bool {
 	return (uint32(v[0])<<24|uint32(v[1])<<16|uint32(v[2])<<8|uint32(v[3]))&host == host
 }
 
-// Stack is the IPv4 stack below TCP on one link device. Its methods are
-// safe for concurrent use.
+// Stack is the network stack on one link device: IPv4 with ARP and ICMP
+// echo, TCP listeners and connections, the replication of those
+// connections to a backup, and the hold and lease of addresses for
+// failover (see the package doc). Its methods are safe for concurrent use.
 type Stack struct {
 	dev     link.Device
 	offload link.OffloadDevice // dev, when it carries offload metadata
 	mtu     int
-	maxIP   int // largest IPv4 datagram we send: mtu, or 64 KiB with offloads
+	maxIP   int // largest IPv4 datagram we send: mtu, or with offloads as MaxFrame allows (64 KiB)
 	mac     wire.MAC
 	prefix  netip.Prefix
 	gw      netip.Addr
@@ -193,10 +195,11 @@ type Stack struct {
 	stats           counters
 	lastConflictLog atomic.Int64
 
-	mu     sync.Mutex // guards closing and address changes
-	closed atomic.Bool
-	done   chan struct{}
-	wg     sync.WaitGroup
+	mu      sync.Mutex // guards closing and address changes
+	closing bool       // Close has begun (under mu)
+	closed  atomic.Bool
+	done    chan struct{}
+	wg      sync.WaitGroup
 }
 
 // New starts a stack on dev with cfg. On success the stack owns dev and
@@ -232,16 +235,17 @@ func start(dev link.Device, cfg Config, now func() time.Time) (*Stack, error) {
 	// Ticks a quarter of the retry interval apart keep retries close to
 	// schedule at a few wake-ups a second.
 	s.arpTick = max(cfg.ARP.RetryInterval/4, time.Millisecond)
-	s.sendHeldFn = s.sendHeld
+	s.sendHeldFn = func(p *packet, mac wire.MAC) { s.sendHeld(p, mac) } // a failed write is a lost packet
 	s.failHeldFn = s.failHeld
 	s.requestFn = s.sendARPRequest
 	s.maxIP = mtu
-	if od, ok := dev.(interface {
-		link.OffloadDevice
-		Offload() bool
-	}); ok && od.Offload() {
+	if od, ok := dev.(link.OffloadDevice); ok && od.Offload() {
+		maxIP := min(od.MaxFrame()-wire.EthernetHeaderLen, wire.IPv4MaxLen)
+		if maxIP < mtu {
+			return nil, fmt.Errorf("stack: device %s: offload frames of %d bytes are below MTU %d", dev.Name(), od.MaxFrame(), mtu)
+		}
 		s.offload = od
-		s.maxIP = wire.IPv4MaxLen
+		s.maxIP = maxIP
 	}
 	s.addrs.Store(&[]netip.Addr{cfg.Addr})
 	s.ipID.Store(rand.Uint32())
@@ -269,13 +273,15 @@ func start(dev link.Device, cfg Config, now func() time.Time) (*Stack, error) {
 }
 
 // Close stops the stack's goroutines, drops packets waiting for ARP and
-// closes the device. It is idempotent; later calls return nil.
+// closes the device. It is idempotent: later calls, and calls made while
+// the first is still closing, return nil at once.
 func (s *Stack) Close() error {
 	s.mu.Lock()
-	if s.closed.Load() {
+	if s.closing {
 		s.mu.Unlock()
 		return nil
 	}
+	s.closing = true
 	s.mu.Unlock()
 	// Connections end first, while their resets can still go out.
 	s.tcp.close()

@@ -70,7 +70,7 @@ type Conn struct {
 	rmu, wmu      sync.Mutex // one reader, one writer at a time
 	closeOnce     sync.Once
 	closed        chan struct{}
-	readShut      bool
+	readShut      bool // guarded by ep.mu
 	writeShutOnce sync.Once
 }
 
@@ -151,9 +151,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 			ep.mu.Unlock()
 			return n, nil
 		}
-		eof, gone, err := ep.c.EOF(), ep.gone, ep.c.Err()
+		eof, gone, err, shut := ep.c.EOF(), ep.gone, ep.c.Err(), c.readShut
 		ep.mu.Unlock()
-		if eof || c.readShut {
+		if eof || shut {
 			return 0, io.EOF
 		}
 		if gone {
@@ -184,13 +184,19 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 		ep := c.ep
 		ep.mu.Lock()
-		if ep.holdStandbyWriteLocked(p[total:]) {
-			ep.mu.Unlock()
-			return len(p), nil
-		}
-		n, err := ep.c.Write(p[total:])
-		if n > 0 {
-			ep.afterLocked(time.Now())
+		var n int
+		var err error
+		switch {
+		case ep.c.Standby():
+			n, err = ep.holdStandbyWriteLocked(p[total:])
+		case len(ep.held) > 0:
+			// Gone live with bytes still held from the standby: these
+			// wait behind them (flushHeldLocked).
+		default:
+			n, err = ep.c.Write(p[total:])
+			if n > 0 {
+				ep.afterLocked(time.Now())
+			}
 		}
 		ep.mu.Unlock()
 		total += n
@@ -230,21 +236,18 @@ func (c *Conn) Close() error {
 		if ep.gone {
 			return
 		}
-		if ep.c.Standby() {
+		now := time.Now()
+		if ep.c.Standby() || len(ep.held) > 0 {
 			// A hot standby's application closed: the main's close is the
 			// one the client gets (it arrives as progress); this one is
-			// held until the connection goes live.
+			// held until the connection goes live, and then until its
+			// held bytes are all in the send buffer (flushHeldLocked).
 			ep.appClosed = true
 			ep.discardReceivedLocked()
+			ep.afterLocked(now)
 			return
 		}
-		now := time.Now()
-		if ep.c.Readable() > 0 {
-			ep.c.Abort(now)
-		} else {
-			ep.c.CloseRead()
-			ep.c.Close(now)
-		}
+		ep.c.Close(now)
 		ep.afterLocked(now)
 	})
 	if !first {
@@ -262,8 +265,10 @@ func (c *Conn) CloseWrite() error {
 		ep := c.ep
 		ep.mu.Lock()
 		defer ep.mu.Unlock()
-		if ep.c.Standby() {
-			ep.appWriteClosed = true // held, as Close is
+		if ep.c.Standby() || len(ep.held) > 0 {
+			// Held, as Close is, and after a standby went live until its
+			// held bytes are all in the send buffer (flushHeldLocked).
+			ep.appWriteClosed = true
 			return
 		}
 		now := time.Now()

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/nettest"
 
 	"github.com/zppratt/rfsis/link/pipe"
+	"github.com/zppratt/rfsis/stack/tcp"
 )
 
 // pair is two stacks joined by an in-memory link: a server and a client.
@@ -54,6 +55,15 @@ func (p *pair) listen(t testing.TB, port uint16) *Listener {
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close() })
 	return l
+}
+
+// accept takes the next connection from l.
+func (p *pair) accept(t testing.TB, l *Listener) *Conn {
+	t.Helper()
+	c, err := l.AcceptTCP()
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func (p *pair) dial(t testing.TB, port uint16) *Conn {
@@ -262,4 +272,72 @@ func TestSYNBacklogBounded(t *testing.T) {
 	st := p.srv.TCPStats()
 	assert.Equal(t, uint64(2), st.PassiveOpens)
 	assert.GreaterOrEqual(t, st.SYNBacklogDrops, uint64(3))
+}
+
+// TestLastDataReceived: zero until the peer sends, then the time its
+// bytes arrived, before the application reads them. A connection that
+// ends without bytes from the peer never reports any.
+func TestLastDataReceived(t *testing.T) {
+	p := newPair(t)
+	l := p.listen(t, 14)
+	c := p.dial(t, 14)
+	sc := p.accept(t, l)
+	p.dial(t, 14)
+	sc2 := p.accept(t, l)
+	require.True(t, sc.LastDataReceived().IsZero(), "data reported before any arrived")
+
+	before := time.Now()
+	_, err := c.Write([]byte("hello"))
+	require.NoError(t, err)
+	waitFor(t, "the bytes to arrive", func() bool { return !sc.LastDataReceived().IsZero() })
+	at := sc.LastDataReceived()
+	assert.False(t, at.Before(before) || at.After(time.Now()), "arrival at %v", at)
+	sc.ep.mu.Lock()
+	unread := sc.ep.c.Readable()
+	sc.ep.mu.Unlock()
+	assert.Equal(t, 5, unread, "the bytes are still unread")
+	require.NoError(t, sc.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = io.ReadFull(sc, make([]byte, 5))
+	require.NoError(t, err)
+	assert.Equal(t, at, sc.LastDataReceived(), "reading is not arriving")
+
+	require.NoError(t, p.srv.Close()) // ends sc2, which never got a byte
+	assert.True(t, sc2.LastDataReceived().IsZero(), "the connection's end reported as data")
+}
+
+// TestDialInvalidConfig: DialTCPConfig validates the configuration, as
+// ListenTCP does.
+func TestDialInvalidConfig(t *testing.T) {
+	p := newPair(t)
+	p.listen(t, 15)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := p.cli.DialTCPConfig(ctx, p.cliAddr, netip.AddrPortFrom(p.srvAddr, 15), tcp.Config{MSS: 50})
+	if c != nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	require.ErrorIs(t, err, tcp.ErrInvalidConfig)
+	var op *net.OpError
+	assert.ErrorAs(t, err, &op)
+	_, err = p.srv.ListenTCP(netip.AddrPortFrom(p.srvAddr, 16), ListenConfig{TCP: tcp.Config{MSS: 50}})
+	assert.ErrorIs(t, err, tcp.ErrInvalidConfig)
+}
+
+// TestCloseReadWhileReading: CloseRead from one goroutine ends a Read
+// blocked in another with io.EOF (and, under the race detector, shares no
+// unguarded state with it).
+func TestCloseReadWhileReading(t *testing.T) {
+	p := newPair(t)
+	l := p.listen(t, 17)
+	c := p.dial(t, 17)
+	p.accept(t, l)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	read := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 10))
+		read <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the Read is waiting
+	require.NoError(t, c.CloseRead())
+	assert.ErrorIs(t, <-read, io.EOF)
 }

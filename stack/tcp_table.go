@@ -89,15 +89,7 @@ func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte, trusted bool) {
 		// The clock is read under the lock: every call into a connection
 		// then sees time move forward, and so do its timestamps.
 		now := time.Now()
-		if len(seg.Payload) > 0 {
-			before := ep.c.ReceivedEnd()
-			ep.c.Handle(now, &seg)
-			if ep.c.ReceivedEnd() != before {
-				ep.lastData.Store(now.UnixNano())
-			}
-		} else {
-			ep.c.Handle(now, &seg)
-		}
+		ep.c.Handle(now, &seg)
 		ep.afterLocked(now)
 		ep.mu.Unlock()
 		return
@@ -285,8 +277,8 @@ type endpoint struct {
 	timerAt  time.Time
 	listener *Listener // until accepted or gone
 	gone     bool
-	// lastData is when new in-order bytes last arrived (Unix ns), read
-	// without the lock (Conn.LastDataReceived).
+	// lastData is when new in-order bytes (or the peer's FIN) last
+	// arrived (Unix ns), read without the lock (Conn.LastDataReceived).
 	lastData atomic.Int64
 	// goneErr says why a standby connection left the table before the
 	// main's copy ended (see Standby), nil otherwise.
@@ -329,6 +321,9 @@ func signal(ch chan struct{}) {
 // afterLocked runs after every call into the Conn: it sends what the
 // connection wants to send, wakes waiters, and re-arms the timer.
 func (ep *endpoint) afterLocked(now time.Time) {
+	if (len(ep.held) > 0 || ep.appClosed || ep.appWriteClosed) && !ep.c.Standby() {
+		ep.flushHeldLocked(now)
+	}
 	if ep.replica != nil {
 		// Before any output and before the application can read: the
 		// hook ships what is new, so nothing escapes unreplicated.
@@ -353,6 +348,11 @@ func (ep *endpoint) afterLocked(now time.Time) {
 		}
 	}
 	if ev&tcp.EventReadable != 0 {
+		if ev&tcp.EventClosed == 0 {
+			// New bytes or the peer's FIN, not the end of the connection
+			// (which a silent peer's timeout reports as readable too).
+			ep.lastData.Store(now.UnixNano())
+		}
 		signal(ep.readable)
 	}
 	if ev&tcp.EventWritable != 0 {
@@ -360,10 +360,7 @@ func (ep *endpoint) afterLocked(now time.Time) {
 	}
 	if ev&tcp.EventClosed != 0 && !ep.gone {
 		ep.gone = true
-		if l := ep.listener; l != nil {
-			ep.listener = nil
-			l.releaseHalfOpen()
-		}
+		ep.releaseListener()
 		if ep.timer != nil {
 			ep.timer.Stop()
 		}
@@ -390,6 +387,15 @@ func (ep *endpoint) afterLocked(now time.Time) {
 		default:
 			ep.timer.Reset(d.Sub(now))
 		}
+	}
+}
+
+// releaseListener gives back the SYN backlog place of a connection that
+// ends before its handshake completes.
+func (ep *endpoint) releaseListener() {
+	if l := ep.listener; l != nil {
+		ep.listener = nil
+		l.releaseHalfOpen()
 	}
 }
 
@@ -448,36 +454,29 @@ type ListenConfig struct {
 	// were not yet accepted; default 128 (Linux's somaxconn was 128 for
 	// long). SYNBacklog bounds the half-open ones; default 256.
 	Backlog, SYNBacklog int
-	// TCP is the configuration of accepted connections.
+	// TCP is the configuration of accepted connections, completed as
+	// DialTCPConfig's is.
 	TCP tcp.Config
 }
 
 // ListenTCP listens on addr; an invalid (zero) address in addr means
 // every address of the stack, including ones added later.
 func (s *Stack) ListenTCP(addr netip.AddrPort, lc ListenConfig) (*Listener, error) {
-	t := s.tcpTable()
+	t := s.tcp
 	if lc.Backlog <= 0 {
 		lc.Backlog = 128
 	}
 	if lc.SYNBacklog <= 0 {
 		lc.SYNBacklog = 256
 	}
-	if lc.TCP == (tcp.Config{}) {
-		lc.TCP = t.cfg
-	}
-	if lc.TCP.MSS == 0 {
-		lc.TCP.MSS = t.cfg.MSS
-	}
-	if lc.TCP.GSOMaxSize == 0 {
-		lc.TCP.GSOMaxSize = t.cfg.GSOMaxSize
-	}
-	if err := lc.TCP.Validate(); err != nil {
+	cfg, err := t.connConfig(lc.TCP)
+	if err != nil {
 		return nil, err
 	}
 	if addr.Port() == 0 {
 		return nil, fmt.Errorf("listen: port 0: %w", errBadPort)
 	}
-	l := &Listener{t: t, key: addr, cfg: lc.TCP, queue: make(chan *endpoint, lc.Backlog), backlog: lc.SYNBacklog, done: make(chan struct{})}
+	l := &Listener{t: t, key: addr, cfg: cfg, queue: make(chan *endpoint, lc.Backlog), backlog: lc.SYNBacklog, done: make(chan struct{})}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -488,6 +487,27 @@ func (s *Stack) ListenTCP(addr netip.AddrPort, lc ListenConfig) (*Listener, erro
 	}
 	t.listeners[addr] = l
 	return l, nil
+}
+
+// connConfig completes a connection's TCP configuration: the zero Config
+// means the stack's own (Config.TCP, with the MSS and GSOMaxSize the stack
+// derived from its device); in any other, a zero MSS or GSOMaxSize takes
+// the stack's value and the other zero fields take package tcp's
+// defaults. The result is validated.
+func (t *tcpTable) connConfig(c tcp.Config) (tcp.Config, error) {
+	if c == (tcp.Config{}) {
+		return t.cfg, nil // validated in New
+	}
+	if c.MSS == 0 {
+		c.MSS = t.cfg.MSS
+	}
+	if c.GSOMaxSize == 0 {
+		c.GSOMaxSize = t.cfg.GSOMaxSize
+	}
+	if err := c.Validate(); err != nil {
+		return tcp.Config{}, err
+	}
+	return c, nil
 }
 
 var (
@@ -525,26 +545,25 @@ func (l *Listener) enqueue(ep *endpoint) bool {
 	}
 }
 
-func (s *Stack) tcpTable() *tcpTable { return s.tcp }
-
 // DialTCP opens a connection from local (one of the stack's addresses) to
 // remote, waiting for the handshake until ctx is done.
 func (s *Stack) DialTCP(ctx context.Context, local netip.Addr, remote netip.AddrPort) (*Conn, error) {
-	return s.DialTCPConfig(ctx, local, remote, s.tcp.cfg)
+	return s.DialTCPConfig(ctx, local, remote, tcp.Config{})
 }
 
-// DialTCPConfig is DialTCP with the connection's TCP configuration; zero
-// fields take the stack's defaults' values.
+// DialTCPConfig is DialTCP with the connection's TCP configuration: the
+// zero Config means the stack's (Config.TCP); in any other, a zero MSS or
+// GSOMaxSize takes the stack's value and the other zero fields take
+// package tcp's defaults. An invalid configuration is an error wrapping
+// tcp.ErrInvalidConfig.
 func (s *Stack) DialTCPConfig(ctx context.Context, local netip.Addr, remote netip.AddrPort, cfg tcp.Config) (*Conn, error) {
-	if cfg.MSS == 0 {
-		cfg.MSS = s.tcp.cfg.MSS
-	}
-	if cfg.GSOMaxSize == 0 {
-		cfg.GSOMaxSize = s.tcp.cfg.GSOMaxSize
-	}
 	opErr := func(err error) error {
 		return &net.OpError{Op: "dial", Net: "tcp", Source: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0)),
 			Addr: net.TCPAddrFromAddrPort(remote), Err: err}
+	}
+	cfg, err := s.tcp.connConfig(cfg)
+	if err != nil {
+		return nil, opErr(err)
 	}
 	if !s.HasAddress(local) {
 		return nil, opErr(ErrAddrNotOwned)

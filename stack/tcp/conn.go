@@ -125,7 +125,6 @@ type Conn struct {
 	segsSinceAck  int
 	quickAcks     int // ACK every segment at first, as Linux's quickack does
 	lastAckSent   Seq
-	lastWndSent   uint32
 	readShutdown  bool
 	challengeAt   time.Time
 	challengeSent int
@@ -309,6 +308,13 @@ func (c *Conn) SetGate(g Gate) {
 // Gate returns the installed gate.
 func (c *Conn) Gate() Gate { return c.gate }
 
+// AbortHeld reports whether the RST of an abort waits for the gate's
+// CloseOK. The connection is already CLOSED: its owner must keep it
+// around (or at least its Output) until the gate lets the RST go.
+func (c *Conn) AbortHeld() bool {
+	return c.rstPending && c.rstAbort && c.gate.Enabled && !c.gate.CloseOK
+}
+
 // mss is the most payload one segment carries: the negotiated MSS less
 // the timestamp option every segment carries when it is on.
 func (c *Conn) mss() int {
@@ -379,15 +385,16 @@ func (c *Conn) Readable() int { return c.rcvBuf.size }
 // has been read.
 func (c *Conn) EOF() bool { return c.peerFin && c.rcvBuf.size == 0 }
 
-// Close queues a FIN after the data already written (the write side of
-// the connection closes; reads may go on until the peer's FIN). Unread
-// received data turns the close into a reset, as RFC 2525 asks, so the
-// peer learns its data was not consumed.
+// Close closes both directions, as close(2) does: reading stops and a FIN
+// follows the data already written. Unread received data turns the close
+// into a reset, as RFC 2525 asks, so the peer learns its data was not
+// consumed. CloseWrite is the half-close.
 func (c *Conn) Close(now time.Time) {
-	if c.rcvBuf.size > 0 && c.readShutdown {
+	if c.rcvBuf.size > 0 {
 		c.Abort(now)
 		return
 	}
+	c.CloseRead()
 	c.CloseWrite(now)
 }
 
@@ -413,8 +420,8 @@ func (c *Conn) CloseWrite(now time.Time) {
 	c.finQueued = true
 }
 
-// CloseRead marks the read side closed: data arriving later is discarded,
-// and a Close with unread data resets the connection.
+// CloseRead marks the read side closed: buffered and later data is
+// discarded (acknowledged, never read).
 func (c *Conn) CloseRead() {
 	c.readShutdown = true
 	c.rcvRead = c.rcvRead.Add(uint32(c.rcvBuf.size))
@@ -440,8 +447,12 @@ func (c *Conn) finish(err error) {
 		c.err = err
 	}
 	c.state = StateClosed
-	c.rtoAt, c.delackAt, c.persistAt, c.keepaliveAt, c.closeAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	c.stopTimers()
 	c.events |= EventClosed | EventReadable | EventWritable
+}
+
+func (c *Conn) stopTimers() {
+	c.rtoAt, c.delackAt, c.persistAt, c.keepaliveAt, c.closeAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
 }
 
 // --- Segment arrival (RFC 9293 section 3.10.7) ---
@@ -468,14 +479,17 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 		return
 	}
 	// Simultaneous open (RFC 9293 figure 8): the peer's SYN-ACK crossed
-	// ours. Its SYN is the one we hold already; take the rest as the ACK
-	// that completes the handshake. Its window is unscaled, as in any
-	// SYN: scale it down so that processing it as a scaled one is safe.
+	// ours. Its SYN is the one we hold already; take the rest (a copy: the
+	// caller's segment is not ours to change) as the ACK that completes
+	// the handshake. Its window is unscaled, as in any SYN.
+	wndShift := c.sndShift
 	if c.state == StateSynReceived && seg.Flags&(FlagSYN|FlagACK|FlagRST) == FlagSYN|FlagACK &&
 		seg.Seq == c.irs && seg.Ack == c.sndNxt {
-		seg.Flags &^= FlagSYN
-		seg.Seq++
-		seg.Window >>= c.sndShift
+		ack := *seg
+		ack.Flags &^= FlagSYN
+		ack.Seq++
+		seg = &ack
+		wndShift = 0
 	}
 
 	// PAWS (RFC 7323 5.3): an older timestamp means an old duplicate.
@@ -488,19 +502,21 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 	if !c.acceptable(seg) {
 		if !rst {
 			c.ackNow = true
-			// RFC 9293 3.10.7.4: with our window at zero nothing is
-			// acceptable, but valid ACKs must still be processed (the
-			// peer's window probes carry them), or we resend what the
-			// peer already has.
-			if c.advertisedWindow() == 0 && seg.Flags&FlagACK != 0 && c.state.synchronized() &&
-				!seg.Ack.Greater(c.sndNxt) && !seg.Ack.Less(c.sndUna-Seq(c.maxSndWnd)) {
-				ackOnly := *seg
-				ackOnly.Payload = nil
-				ackOnly.Flags &^= FlagFIN | FlagSYN
-				c.processAck(now, &ackOnly)
-			}
 		}
-		return
+		// RFC 9293 3.10.7.4: with our window at zero no text is
+		// acceptable, but valid ACKs must still be processed (the peer's
+		// window probes carry them), or we resend what the peer already
+		// has and miss the ACK of our FIN. Such a segment goes on without
+		// its text: at RCV.NXT whatever else it carries, elsewhere only as
+		// a plain ACK once synchronised.
+		if c.advertisedWindow() != 0 ||
+			seg.Seq != c.rcvNxt && !(c.state.synchronized() && seg.Flags&(FlagACK|FlagSYN|FlagRST) == FlagACK) {
+			return
+		}
+		hdr := *seg
+		hdr.Payload = nil
+		hdr.Flags &^= FlagFIN
+		seg = &hdr
 	}
 
 	// 2. RST (RFC 5961 3.2): only an exact match resets; an in-window
@@ -537,30 +553,13 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 	if seg.Flags&FlagACK == 0 {
 		return
 	}
+	wnd := uint32(seg.Window) << wndShift
 	if c.state == StateSynReceived {
 		if !(c.sndUna.Less(seg.Ack) && seg.Ack.LessEq(c.sndNxt)) {
 			c.rstPending, c.rstSeq = true, seg.Ack
 			return
 		}
-		c.sndUna = c.iss + 1
-		c.rexmitNxt = c.sndUna
-		if c.rttTiming { // the SYN-ACK was timed (sendSYN)
-			c.sampleRTT(now.Sub(c.rttStart))
-			c.rttTiming = false
-		}
-		c.state = StateEstablished
-		if c.finQueued {
-			c.state = StateFinWait1
-		}
-		c.events |= EventEstablished | EventWritable
-		c.retries = 0
-		c.rtoAt = time.Time{}
-		c.sndWnd = uint32(seg.Window) << c.sndShift
-		c.maxSndWnd = max(c.maxSndWnd, c.sndWnd)
-		c.sndWL1, c.sndWL2 = seg.Seq, seg.Ack
-		if c.cfg.KeepAlive > 0 {
-			c.keepaliveAt = now.Add(c.cfg.KeepAlive)
-		}
+		c.establishOn(now, c.iss+1, seg, wnd) // processAck takes any more
 	}
 	// RFC 5961 5.2: ACKs outside [SND.UNA - MAX.SND.WND, SND.NXT] are
 	// blind injections or confusion: answer with an ACK and drop.
@@ -568,27 +567,17 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 		c.challengeACK(now)
 		return
 	}
-	c.processAck(now, seg)
+	c.processAck(now, seg, wnd)
 	if c.state == StateClosed {
 		return
 	}
-	finAcked := c.finSent && seg.Ack.Greater(c.finSeq)
 	switch c.state {
-	case StateFinWait1:
-		if finAcked {
-			c.state = StateFinWait2
-			if c.cfg.FinWait2Timeout > 0 {
-				c.closeAt = now.Add(c.cfg.FinWait2Timeout)
+	case StateFinWait1, StateClosing, StateLastAck:
+		if c.finSent && seg.Ack.Greater(c.finSeq) {
+			c.ourFinAcked(now)
+			if c.state == StateClosed {
+				return
 			}
-		}
-	case StateClosing:
-		if finAcked {
-			c.enterTimeWait(now)
-		}
-	case StateLastAck:
-		if finAcked {
-			c.finish(nil)
-			return
 		}
 	case StateTimeWait:
 		if seg.Flags&FlagFIN != 0 {
@@ -621,15 +610,7 @@ func (c *Conn) acceptable(seg *Segment) bool {
 	case n == 0:
 		return seg.Seq.InWindow(c.rcvNxt, wnd)
 	case wnd == 0:
-		// Zero window: only the ACK, RST and FIN-less header matter;
-		// RFC 9293 says not acceptable, but its ACK must be processed,
-		// which trimming the payload achieves.
-		if seg.Seq == c.rcvNxt {
-			seg.Payload = seg.Payload[:0]
-			seg.Flags &^= FlagFIN
-			return true
-		}
-		return false
+		return false // Handle still takes its ACK
 	default:
 		return seg.Seq.InWindow(c.rcvNxt, wnd) || seg.Seq.Add(n-1).InWindow(c.rcvNxt, wnd)
 	}
@@ -683,26 +664,9 @@ func (c *Conn) handleSynSent(now time.Time, seg *Segment) {
 	c.negotiate(seg)
 	c.lastRecv = now
 	if ackOK {
-		c.sndUna = seg.Ack
-		c.rexmitNxt = c.sndUna
-		c.rtoAt = time.Time{}
-		c.retries = 0
-		if c.rttTiming {
-			c.sampleRTT(now.Sub(c.rttStart))
-			c.rttTiming = false
-		}
-		c.state = StateEstablished
-		if c.finQueued {
-			c.state = StateFinWait1
-		}
-		c.sndWnd = uint32(seg.Window) // a SYN-ACK's window is never scaled (RFC 7323 2.2)
-		c.maxSndWnd = c.sndWnd
-		c.sndWL1, c.sndWL2 = seg.Seq, seg.Ack
-		c.events |= EventEstablished | EventWritable
+		// A SYN-ACK's window is never scaled (RFC 7323 2.2).
+		c.establishOn(now, seg.Ack, seg, uint32(seg.Window))
 		c.ackNow = true
-		if c.cfg.KeepAlive > 0 {
-			c.keepaliveAt = now.Add(c.cfg.KeepAlive)
-		}
 		return
 	}
 	// Simultaneous open: answer with a SYN-ACK.
@@ -714,11 +678,41 @@ func (c *Conn) handleSynSent(now time.Time, seg *Segment) {
 	c.sndNxt = c.iss
 }
 
+// establish completes the handshake: the peer has acknowledged our SYN,
+// and SND.UNA moves to una.
+func (c *Conn) establish(una Seq) {
+	c.sndUna = una
+	c.rexmitNxt = una
+	c.state = StateEstablished
+	if c.finQueued {
+		c.state = StateFinWait1 // closed during the handshake (RFC 9293 3.10.4)
+	}
+	c.events |= EventEstablished | EventWritable
+}
+
+// establishOn is establish on the arrival of seg, whose window, scaled as
+// the segment requires, is wnd.
+func (c *Conn) establishOn(now time.Time, una Seq, seg *Segment, wnd uint32) {
+	c.establish(una)
+	c.retries = 0
+	c.rtoAt = time.Time{}
+	if c.rttTiming { // the SYN or SYN-ACK was timed (sendSYN)
+		c.sampleRTT(now.Sub(c.rttStart))
+		c.rttTiming = false
+	}
+	c.sndWnd = wnd
+	c.maxSndWnd = max(c.maxSndWnd, wnd)
+	c.sndWL1, c.sndWL2 = seg.Seq, seg.Ack
+	if c.cfg.KeepAlive > 0 {
+		c.keepaliveAt = now.Add(c.cfg.KeepAlive)
+	}
+}
+
 // processAck handles the acknowledgement and window fields (RFC 9293
-// section 3.10.7.4, fifth check) and drives congestion control.
-func (c *Conn) processAck(now time.Time, seg *Segment) {
+// section 3.10.7.4, fifth check) and drives congestion control. wnd is
+// the segment's window, scaled.
+func (c *Conn) processAck(now time.Time, seg *Segment, wnd uint32) {
 	ack := seg.Ack
-	wnd := uint32(seg.Window) << c.sndShift
 	windowChanged := false
 	if c.sndWL1.Less(seg.Seq) || (c.sndWL1 == seg.Seq && c.sndWL2.LessEq(ack)) {
 		windowChanged = wnd != c.sndWnd
@@ -749,14 +743,8 @@ func (c *Conn) processAck(now time.Time, seg *Segment) {
 			c.sampleRTT(now.Sub(c.rttStart))
 			c.rttTiming = false
 		}
-		// Drop acknowledged data from the send buffer.
-		if ack.Greater(c.sndBufSeq) {
-			n := min(int(ack.Sub(c.sndBufSeq)), c.sndBuf.size)
-			if n > 0 {
-				c.sndBuf.discard(n)
-				c.sndBufSeq = c.sndBufSeq.Add(uint32(n))
-				c.events |= EventWritable
-			}
+		if c.dropAcked(ack) {
+			c.events |= EventWritable
 		}
 		c.sndUna = ack
 		if c.rexmitNxt.Less(ack) {
@@ -786,10 +774,64 @@ func (c *Conn) processAck(now time.Time, seg *Segment) {
 	}
 }
 
+// dropAcked drops the bytes before ack from the send buffer and reports
+// whether there were any.
+func (c *Conn) dropAcked(ack Seq) bool {
+	if !ack.Greater(c.sndBufSeq) {
+		return false
+	}
+	n := min(int(ack.Sub(c.sndBufSeq)), c.sndBuf.size)
+	c.sndBuf.discard(n)
+	c.sndBufSeq = c.sndBufSeq.Add(uint32(n))
+	return n > 0
+}
+
+// ourFinAcked leaves the states that wait for the peer to acknowledge
+// our FIN, which it now has.
+func (c *Conn) ourFinAcked(now time.Time) {
+	switch c.state {
+	case StateFinWait1:
+		c.state = StateFinWait2
+		c.armCloseTimer(now)
+	case StateClosing:
+		c.enterTimeWait(now)
+	case StateLastAck:
+		c.finish(nil)
+	}
+}
+
+// peerFinArrived takes the peer's FIN, every byte before it being in
+// (RFC 9293 3.10.7.4, eighth check). An ACK of our FIN must have been
+// applied first (ourFinAcked): in FIN-WAIT-1 ours is still unacknowledged.
+func (c *Conn) peerFinArrived(now time.Time) {
+	c.rcvNxt++
+	c.peerFin = true
+	c.ackNow = true
+	c.events |= EventReadable
+	switch c.state {
+	case StateEstablished:
+		c.state = StateCloseWait
+	case StateFinWait1:
+		c.state = StateClosing
+	case StateFinWait2:
+		c.enterTimeWait(now)
+	}
+}
+
 func (c *Conn) enterTimeWait(now time.Time) {
 	c.state = StateTimeWait
 	c.rtoAt, c.persistAt, c.keepaliveAt = time.Time{}, time.Time{}, time.Time{}
-	c.closeAt = now.Add(c.cfg.TimeWait)
+	c.armCloseTimer(now)
+}
+
+// armCloseTimer starts the timer of the states that end by time alone.
+func (c *Conn) armCloseTimer(now time.Time) {
+	switch {
+	case c.state == StateTimeWait:
+		c.closeAt = now.Add(c.cfg.TimeWait)
+	case c.state == StateFinWait2 && c.cfg.FinWait2Timeout > 0:
+		c.closeAt = now.Add(c.cfg.FinWait2Timeout)
+	}
 }
 
 // processData stores segment text and handles the FIN.
@@ -863,22 +905,7 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 		c.rcvBuf.discard(c.rcvBuf.size)
 	}
 	if c.rcvFinKnown && !c.peerFin && c.rcvNxt == c.rcvFinSeq {
-		c.rcvNxt++
-		c.peerFin = true
-		c.ackNow = true
-		c.events |= EventReadable
-		switch c.state {
-		case StateEstablished:
-			c.state = StateCloseWait
-		case StateFinWait1:
-			if c.finSent && seg.Ack.Greater(c.finSeq) {
-				c.enterTimeWait(now)
-			} else {
-				c.state = StateClosing
-			}
-		case StateFinWait2:
-			c.enterTimeWait(now)
-		}
+		c.peerFinArrived(now)
 	}
 }
 
@@ -886,32 +913,11 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 // ranges than this; segments making more are dropped (and resent later).
 const maxOOO = 64
 
+// addOOO records an out-of-order arrival. (fillSACK finds the range that
+// r merged into by r's start.)
 func (c *Conn) addOOO(r seqRange) {
 	c.lastOOO = r
-	i := 0
-	for i < len(c.ooo) && c.ooo[i].end.Less(r.start) {
-		i++
-	}
-	// Merge every range overlapping or touching r.
-	j := i
-	for j < len(c.ooo) && c.ooo[j].start.LessEq(r.end) {
-		r.start = seqMin(r.start, c.ooo[j].start)
-		r.end = seqMax(r.end, c.ooo[j].end)
-		j++
-	}
-	if i == j && len(c.ooo) >= maxOOO {
-		return
-	}
-	if i == j {
-		c.ooo = append(c.ooo, seqRange{})
-		copy(c.ooo[i+1:], c.ooo[i:])
-		c.ooo[i] = r
-		c.lastOOO = r
-		return
-	}
-	c.ooo[i] = r
-	c.ooo = append(c.ooo[:i+1], c.ooo[j:]...)
-	c.lastOOO = r
+	c.ooo = insertRange(c.ooo, r, maxOOO)
 }
 
 // SetNoDelay turns Nagle's algorithm off (true) or back on.

@@ -187,7 +187,7 @@ func TestZeroWindowProbing(t *testing.T) {
 func TestActiveClose(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	s.send(0, []byte("hello"), time.Second)
-	s.c[0].Close(s.now)
+	s.c[0].CloseWrite(s.now) // a half-close: the client reads on
 	s.flush(0)
 	s.runUntil(func() bool { return s.c[1].State() == StateCloseWait && s.c[0].State() == StateFinWait2 }, time.Second)
 	assert.True(t, s.c[1].EOF())

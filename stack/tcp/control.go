@@ -114,7 +114,7 @@ func (c *Conn) updateScoreboard(seg *Segment) {
 			continue
 		}
 		r := seqRange{seqMax(b.Start, c.sndUna), b.End}
-		c.sacked = insertRange(c.sacked, r)
+		c.sacked = insertRange(c.sacked, r, maxSACKRanges)
 	}
 }
 
@@ -141,8 +141,9 @@ func (c *Conn) sackedBytes() uint32 {
 // maxSACKRanges bounds the scoreboard; a peer can't grow it beyond this.
 const maxSACKRanges = 64
 
-// insertRange adds r to the sorted, disjoint list rs, merging overlaps.
-func insertRange(rs []seqRange, r seqRange) []seqRange {
+// insertRange adds r to the sorted, disjoint list rs, merging overlaps
+// and touching ranges. A range that would make more than most is dropped.
+func insertRange(rs []seqRange, r seqRange, most int) []seqRange {
 	i := 0
 	for i < len(rs) && rs[i].end.Less(r.start) {
 		i++
@@ -154,7 +155,7 @@ func insertRange(rs []seqRange, r seqRange) []seqRange {
 		j++
 	}
 	if i == j {
-		if len(rs) >= maxSACKRanges {
+		if len(rs) >= most {
 			return rs
 		}
 		rs = append(rs, seqRange{})
@@ -285,13 +286,12 @@ func (c *Conn) Tick(now time.Time) {
 
 func (c *Conn) onRTO(now time.Time) {
 	c.rtoAt = time.Time{}
-	c.retries++
-	if c.sndWnd == 0 && c.state.synchronized() && now.Sub(c.lastRecv) < c.cfg.MaxRTO {
-		// The peer shrank its window to zero under our data but still
-		// answers: these retransmissions are window probes, and the
-		// connection must not time out for them (RFC 9293 3.8.6; Linux's
-		// tcp_retransmit_timer does the same).
-		c.retries--
+	// A peer that shrank its window to zero under our data but still
+	// answers gets window probes, not retries: the connection must not
+	// time out for them (RFC 9293 3.8.6; Linux's tcp_retransmit_timer
+	// does the same).
+	if !(c.sndWnd == 0 && c.state.synchronized() && now.Sub(c.lastRecv) < c.cfg.MaxRTO) {
+		c.retries++
 	}
 	limit := c.cfg.MaxRetries
 	if c.state == StateSynSent || c.state == StateSynReceived {

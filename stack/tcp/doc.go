@@ -20,5 +20,9 @@
 // numbers (RFC 6528).
 //
 // Replication support: a Gate holds back what the wire may learn until a
-// backup knows it (see DESIGN.md, "Replication: the invariants").
+// backup knows it (see DESIGN.md, "Replication: the invariants"). On the
+// main, AppendReceived, AppendWritten and Progress read back what is to
+// be shipped; on the backup (standby.go), RestoreStandby makes a copy
+// that sends nothing, StandbyReceive, StandbyWritten and StandbyProgress
+// keep it current, and GoLive turns it live at takeover ("Takeover").
 package tcp

@@ -160,7 +160,6 @@ func (c *Conn) windowField(ack Seq) uint16 {
 	if adv := ack.Add(wnd << c.rcvShift); adv.Greater(c.rcvAdvEdge) {
 		c.rcvAdvEdge = adv
 	}
-	c.lastWndSent = wnd << c.rcvShift
 	return uint16(wnd)
 }
 
@@ -168,13 +167,6 @@ func (c *Conn) windowField(ack Seq) uint16 {
 // (RFC 2018 section 4), never beyond the gate's ACK limit: a SACKed byte
 // is one the client may never resend.
 func (c *Conn) fillSACK(s *Segment, ack Seq) {
-	limit := c.rcvNxt
-	if len(c.ooo) > 0 {
-		limit = c.ooo[len(c.ooo)-1].end
-	}
-	if c.gate.Enabled {
-		limit = seqMin(limit, c.gate.AckLimit)
-	}
 	maxBlocks := 4
 	if s.HasTS {
 		maxBlocks = 3
@@ -183,7 +175,9 @@ func (c *Conn) fillSACK(s *Segment, ack Seq) {
 		if int(s.NumSACK) >= maxBlocks || !ack.Less(r.start) {
 			return
 		}
-		r.end = seqMin(r.end, limit)
+		if c.gate.Enabled {
+			r.end = seqMin(r.end, c.gate.AckLimit)
+		}
 		if !r.start.Less(r.end) {
 			return
 		}

@@ -10,14 +10,14 @@ import (
 
 // Review tests for the data path: retransmission, windows, timers.
 
-// TestReview_RetransmitBeyondSndNxt: retransmissions must never carry
-// bytes at or beyond SND.NXT. resend caps a retransmission at dataEnd()
-// (everything written) instead of SND.NXT (everything sent), so when the
-// last segment in flight is short (Nagle, a window, or the gate's
-// SendLimit cut it) and more data is queued, the go-back-N after a
-// timeout sends a full MSS: new bytes that bypass the gate (replication
-// invariant 3), the peer's window and the congestion window. The peer
-// then ACKs beyond SND.NXT, which Handle drops as "acks unsent data".
+// TestReview_RetransmitBeyondSndNxt: retransmissions never carry bytes
+// at or beyond SND.NXT (everything sent), only up to it, also when the
+// last segment in flight was short (Nagle, a window, or the gate's
+// SendLimit cut it) and more data is queued. A go-back-N after a timeout
+// that sent a full MSS from there would send new bytes past the gate
+// (replication invariant 3), the peer's window and the congestion
+// window, and the peer's ACK for them would be dropped as "acks unsent
+// data".
 func TestReview_RetransmitBeyondSndNxt(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	srv := s.c[1]
@@ -43,11 +43,10 @@ func TestReview_RetransmitBeyondSndNxt(t *testing.T) {
 }
 
 // TestReview_FinWait2TimeoutKillsHalfClosedReader: after CloseWrite
-// (shutdown(SHUT_WR)) the application goes on reading; the peer may send
-// for as long as it likes. Linux applies tcp_fin_timeout only to orphaned
-// sockets (closed by the application). Here the FIN-WAIT-2 timer is armed
-// on entry whatever the read side does, is never pushed back by arriving
-// data, and ends the connection 60 s later in the middle of a download.
+// (shutdown(SHUT_WR)) the application goes on reading, and the peer may
+// send for as long as it likes: the FIN-WAIT-2 timer must not end the
+// connection in the middle of a download. Linux applies tcp_fin_timeout
+// only to orphaned sockets (closed by the application).
 func TestReview_FinWait2TimeoutKillsHalfClosedReader(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	s.c[0].CloseWrite(s.now)
@@ -79,12 +78,10 @@ func TestReview_FinWait2TimeoutAfterFullClose(t *testing.T) {
 }
 
 // TestReview_ReceiverSWSFromZeroWindow: RFC 9293 3.8.6.2.2 — a receiver
-// must not open its window by less than min(RCV.BUFF/2, MSS). windowField
-// holds back small increases only while the current window is non-zero
-// (the `c.rcvAdvEdge.Greater(c.rcvNxt)` condition): from a zero window it
-// opens by whatever the reader freed, here 10 bytes, and since nothing is
-// in flight the sender's SWS check lets a 10-byte segment go: silly
-// window syndrome between two of our own stacks.
+// must not open its window by less than min(RCV.BUFF/2, MSS), from a zero
+// window too. Opened by whatever the reader freed (here 10 bytes), it
+// would let the sender, with nothing in flight, send 10-byte segments:
+// silly window syndrome between two of our own stacks.
 func TestReview_ReceiverSWSFromZeroWindow(t *testing.T) {
 	s := newSim(t, Config{}, Config{ReceiveBufferSize: 4096}, issClient, issServer)
 	s.autoRead[1] = false
@@ -132,10 +129,10 @@ func TestReview_ReceiverSWSFromZeroWindow(t *testing.T) {
 // TestReview_WireWindowEdgeNeverMovesLeft: the right edge the peer sees
 // (SEG.ACK + SEG.WND<<scale) must never move left (RFC 9293 3.8.6.2.2;
 // RFC 7323 2.4 says the scaled window makes this possible, and Linux
-// rounds the window up to the scale granularity to avoid it).
-// windowField keeps rcvAdvEdge monotonic internally but rounds the field
-// down, so with a stalled reader each ACK of a 1448-byte segment
-// advertises an edge up to 2^scale-1 bytes left of the previous one.
+// rounds the window up to the scale granularity to avoid it). With a
+// stalled reader, a window field rounded down would make each ACK of a
+// 1448-byte segment advertise an edge up to 2^scale-1 bytes left of the
+// previous one.
 func TestReview_WireWindowEdgeNeverMovesLeft(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	s.autoRead[1] = false
@@ -166,8 +163,7 @@ func TestReview_WireWindowEdgeNeverMovesLeft(t *testing.T) {
 // 3.8.6: the sender "SHOULD NOT time out the connection if data beyond
 // the right window edge is not acknowledged"; Linux's retransmit timer
 // does not count such timeouts against tcp_retries2 while the peer keeps
-// ACKing. Here every RTO counts as a retry and, after MaxRetries, the
-// live connection ends with ErrTimeout.
+// ACKing. The live connection must outlast MaxRetries such RTOs.
 func TestReview_ShrunkZeroWindowDoesNotTimeOut(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	cl := s.c[0]
@@ -198,10 +194,9 @@ func TestReview_ShrunkZeroWindowDoesNotTimeOut(t *testing.T) {
 }
 
 // TestReview_PersistProbesGiveUpOnDeadPeer: the converse. A peer that
-// advertised a zero window and then vanished is probed forever: the
-// persist timer has no retry limit (Linux gives up after tcp_retries2
-// unanswered probes) and nothing else runs, so the connection and its
-// buffers are never freed.
+// advertised a zero window and then vanished is not probed forever: the
+// persist timer gives up after MaxRetries unanswered probes (Linux after
+// tcp_retries2), so the connection and its buffers are freed.
 func TestReview_PersistProbesGiveUpOnDeadPeer(t *testing.T) {
 	s := newSim(t, Config{}, Config{ReceiveBufferSize: 4096}, issClient, issServer)
 	s.autoRead[1] = false
@@ -217,11 +212,11 @@ func TestReview_PersistProbesGiveUpOnDeadPeer(t *testing.T) {
 }
 
 // TestReview_ReadShutdownMergesOOO: after CloseRead, in-order data is
-// acknowledged and dropped, but the out-of-order list is not merged, so
-// the ACK stops at the hole's end instead of covering the SACKed range
-// behind it: the peer does not resend SACKed data until its RTO, and the
-// stale ranges stay in ooo below RCV.NXT, which makes every later
-// Snapshot fail Validate ("out-of-order range").
+// acknowledged and dropped, and the out-of-order list is merged as ever:
+// the ACK covers the SACKed range behind the hole (stopping at the hole's
+// end, it would leave the peer to resend SACKed data after its RTO), and
+// no stale range stays below RCV.NXT (every later Snapshot would fail
+// Validate, "out-of-order range").
 func TestReview_ReadShutdownMergesOOO(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	srv := s.c[1]
@@ -229,9 +224,8 @@ func TestReview_ReadShutdownMergesOOO(t *testing.T) {
 	base := srv.rcvNxt
 	handleOne(srv, s.now, &Segment{Seq: base + 1000, Ack: srv.sndNxt, Flags: FlagACK, Window: 1000, WScale: -1, Payload: make([]byte, 500)})
 	out := handleOne(srv, s.now, &Segment{Seq: base, Ack: srv.sndNxt, Flags: FlagACK, Window: 1000, WScale: -1, Payload: make([]byte, 1000)})
-	// Data taken after CloseRead is never acknowledged: the branch that
-	// drops it neither sets ackNow nor arms the delayed ACK, so the peer
-	// must time out and resend to get an ACK. (The sim's peer does.)
+	// Data taken after CloseRead is acknowledged, at once or by the
+	// delayed ACK: else the peer would have to time out and resend.
 	if srv.delackAt.IsZero() {
 		require.NotEmpty(t, out, "data accepted after CloseRead but no ACK sent or scheduled")
 	} else {
@@ -244,11 +238,12 @@ func TestReview_ReadShutdownMergesOOO(t *testing.T) {
 	assert.NoError(t, snap.Validate())
 }
 
-// TestReview_RestoreSndBufSeqAheadOfUna: Validate accepts SndBufSeq =
-// SndUna+1 (meant for SYN states) in any state. In ESTABLISHED with data
-// in flight, the RTO's go-back-N resends from SND.UNA, one byte before
-// the send buffer: peek at offset -1 of an empty ring divides by zero.
-// A snapshot that Validate passes must never crash Restore/Tick/Output.
+// TestReview_RestoreSndBufSeqAheadOfUna: SndBufSeq = SndUna+1 is meant
+// for the SYN states. In ESTABLISHED with data in flight, the RTO's
+// go-back-N would resend from SND.UNA, one byte before the send buffer
+// (a peek at offset -1 of an empty ring divides by zero). Validate may
+// refuse such a snapshot; one it passes must never crash Restore, Tick
+// or Output.
 func TestReview_RestoreSndBufSeqAheadOfUna(t *testing.T) {
 	s := newSim(t, Config{}, Config{}, issClient, issServer)
 	snap := s.c[1].Snapshot()

@@ -1,7 +1,6 @@
 package tcp
 
 import (
-	"fmt"
 	"runtime/debug"
 	"testing"
 	"time"
@@ -30,14 +29,6 @@ func collect(c *Conn, now time.Time) []Segment {
 		out = append(out, cp)
 	})
 	return out
-}
-
-func segsString(segs []Segment) string {
-	s := ""
-	for i := range segs {
-		s += fmt.Sprintf("  %v sack=%v\n", segs[i].String(), segs[i].SACK[:segs[i].NumSACK])
-	}
-	return s
 }
 
 // nextEvent is when the sim's next delivery or timer is due (zero: none).

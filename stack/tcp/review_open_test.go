@@ -25,10 +25,10 @@ func newCrossedSim(t testing.TB, cfgA, cfgB Config) *sim {
 // goes SYN-SENT -> SYN-RECEIVED and sends a SYN-ACK; the SYN-ACK that
 // arrives in SYN-RECEIVED must complete the handshake (its ACK is
 // processed: RFC 9293 figure 8 line 5, Linux tcp_validate_incoming's
-// "simultaneous connect" case). Today each side finds the other's SYN-ACK
-// unacceptable (SEG.SEQ = RCV.NXT-1), sets ackNow, but Output emits
-// nothing but SYNs in SYN-RECEIVED: both sides retransmit SYN-ACKs until
-// SynRetries run out and the connections die with ErrTimeout.
+// "simultaneous connect" case). Found unacceptable (SEG.SEQ = RCV.NXT-1),
+// it would only call for an ACK, which Output does not send in
+// SYN-RECEIVED: both sides would retransmit SYN-ACKs until SynRetries ran
+// out and the connections died with ErrTimeout.
 func TestReview_SimultaneousOpen(t *testing.T) {
 	s := newCrossedSim(t, Config{}, Config{})
 	end := s.now.Add(3 * time.Minute)
@@ -44,7 +44,8 @@ func TestReview_SimultaneousOpen(t *testing.T) {
 }
 
 // TestReview_SynAckWindowNotScaled: RFC 7323 2.2 — the window field of a
-// <SYN,ACK> is never scaled. handleSynSent shifts it by the peer's scale.
+// <SYN,ACK> is never scaled: handleSynSent takes it as it is, not shifted
+// by the peer's scale.
 func TestReview_SynAckWindowNotScaled(t *testing.T) {
 	now := time.Unix(1000, 0)
 	c := NewActive(Config{}, clientID(), 1000, now)
@@ -53,7 +54,7 @@ func TestReview_SynAckWindowNotScaled(t *testing.T) {
 	require.Equal(t, StateEstablished, c.State())
 	assert.Equal(t, uint32(1000), c.sndWnd, "SYN-ACK window must be taken unscaled")
 	assert.Equal(t, uint32(1000), c.maxSndWnd)
-	// Consequence: with 10 segments of data the client overruns a 1000-byte window.
+	// Ten segments' worth of data queued: no more than the 1000-byte window goes.
 	_, _ = c.Write(make([]byte, 20000))
 	sent := 0
 	c.Output(now, func(s *Segment) { sent += len(s.Payload) })
@@ -61,20 +62,20 @@ func TestReview_SynAckWindowNotScaled(t *testing.T) {
 }
 
 // TestReview_CloseWriteInSynReceived: a close before the handshake
-// completes must queue the FIN behind the SYN-ACK (RFC 9293 3.10.4,
-// CLOSE in SYN-RECEIVED). CloseWrite moves straight to FIN-WAIT-1, after
-// which Output no longer sends the SYN-ACK (it only does in SYN-SENT and
-// SYN-RECEIVED) but a FIN instead, and the SYN-RECEIVED branch of Handle
-// (which checks finQueued for exactly this case) is never reached.
+// completes queues the FIN behind the SYN-ACK (RFC 9293 3.10.4, CLOSE in
+// SYN-RECEIVED): the connection stays in SYN-RECEIVED, Output sends the
+// SYN-ACK and no FIN, and the FIN follows once the handshake completes.
+// (Moved straight to FIN-WAIT-1, Output would send a FIN instead of the
+// SYN-ACK.)
 func TestReview_CloseWriteInSynReceived(t *testing.T) {
 	now := time.Unix(1000, 0)
 	syn := &Segment{Seq: 7000, Flags: FlagSYN, Window: 65535, WScale: -1, MSS: 1460}
 	c := NewPassive(Config{}, reverse(clientID()), 100, syn, now)
 	c.CloseWrite(now)
 	var out []Segment
-	// Today this panics: in FIN-WAIT-1 with SND.NXT still at ISS,
-	// outputNewData sends the "byte" at ISS (dataEnd is ISS+1) and peeks
-	// the empty send ring at offset -1: integer divide by zero.
+	// (In FIN-WAIT-1 with SND.NXT still at ISS, outputNewData would send
+	// the "byte" at ISS, dataEnd being ISS+1, and peek the empty send ring
+	// at offset -1: an integer divide by zero.)
 	require.True(t, noPanic(t, func() { out = collect(c, now) }))
 	require.NotEmpty(t, out)
 	assert.Equal(t, FlagSYN|FlagACK, out[0].Flags, "the SYN-ACK must go first")
@@ -84,11 +85,10 @@ func TestReview_CloseWriteInSynReceived(t *testing.T) {
 }
 
 // TestReview_PassiveRTTFromHandshake: without timestamps, the SYN-ACK is
-// timed (sendSYN sets rttTiming, rttSeq=ISS) but the passive side never
-// takes that sample: the SYN-RECEIVED branch sets SND.UNA before
-// processAck, so rttTiming stays set with rttSeq=ISS and the first later
-// ACK of data yields a sample measured from the SYN-ACK, however long
-// ago. Here the client is idle 10 s before its first request; the
+// timed (sendSYN sets rttTiming, rttSeq=ISS) and the passive side takes
+// that sample when the handshake completes. Left pending, it would be
+// taken at the first later ACK of data, measured from the SYN-ACK however
+// long ago. Here the client is idle 10 s before its first request; the
 // server's SRTT must stay near the 10 ms path RTT, not become ~10 s.
 func TestReview_PassiveRTTFromHandshake(t *testing.T) {
 	off := Config{DisableTimestamps: true}
@@ -127,4 +127,23 @@ func TestReview_RetransmittedSynInSynReceived(t *testing.T) {
 	assert.Equal(t, FlagSYN|FlagACK, out[0].Flags)
 	assert.Equal(t, Seq(100), out[0].Seq)
 	assert.Equal(t, Seq(7001), out[0].Ack)
+}
+
+// TestReview_SimultaneousOpenWindowUnscaled: the SYN-ACK that completes a
+// simultaneous open has its window taken as it is, a SYN's window never
+// being scaled (RFC 7323 2.2), and the caller's segment is left as it
+// arrived.
+func TestReview_SimultaneousOpenWindowUnscaled(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := NewActive(Config{}, clientID(), 1000, now)
+	collect(c, now) // the SYN
+	c.Handle(now, &Segment{Seq: 5000, Flags: FlagSYN, Window: 1000, WScale: 7, MSS: 1460})
+	require.Equal(t, StateSynReceived, c.State())
+	collect(c, now) // the SYN-ACK
+	synAck := Segment{Seq: 5000, Ack: 1001, Flags: FlagSYN | FlagACK, Window: 1000, WScale: 7, MSS: 1460}
+	seg := synAck
+	c.Handle(now, &seg)
+	require.Equal(t, StateEstablished, c.State())
+	assert.Equal(t, uint32(1000), c.sndWnd)
+	assert.Equal(t, synAck, seg, "Handle changed the caller's segment")
 }

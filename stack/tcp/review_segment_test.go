@@ -29,15 +29,14 @@ func reviewFullOptions() []byte {
 	return b
 }
 
-// TestReview_MarshalOptionsOverflow: Marshal pads each option to 4 bytes
-// and never checks the 40-byte limit. A segment Parse accepts (window
-// scale + timestamps + 3 SACK blocks = 39 bytes) marshals to 44 option
-// bytes: the data offset nibble overflows (64/4 = 16 -> 0) and the
-// output is unparseable. The stack itself never builds such a segment
-// today (3 SACK blocks with timestamps fit in 40 padded bytes, and MSS
-// and window scale only go on SYNs), but FuzzParse's round trip fails on
-// it, and Marshal should refuse (or drop SACK blocks) rather than emit a
-// corrupt header.
+// TestReview_MarshalOptionsOverflow: Marshal keeps the options within the
+// 40-byte option space. A segment Parse accepts (window scale +
+// timestamps + 3 SACK blocks = 39 bytes) takes 44 bytes with each option
+// padded to 4: written whole, the data offset nibble would overflow
+// (64/4 = 16 -> 0) into an unparseable header. The stack itself never
+// builds such a segment (3 SACK blocks with timestamps fit in 40 padded
+// bytes, and MSS and window scale only go on SYNs), but FuzzParse's round
+// trip does: Marshal leaves out the SACK blocks that do not fit.
 func TestReview_MarshalOptionsOverflow(t *testing.T) {
 	var s Segment
 	require.NoError(t, Parse(reviewFullOptions(), &s))

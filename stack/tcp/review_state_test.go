@@ -8,8 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Review tests probing state transitions that already behave: kept as
-// regression tests.
+// Review tests of state transitions, kept as regression tests.
 
 // establishedPair returns a sim with both sides established and idle.
 func establishedPair(t *testing.T) *sim {
@@ -169,14 +168,13 @@ func TestReview_FINVariants(t *testing.T) {
 	})
 	t.Run("FIN retransmitted in CLOSE-WAIT and TIME-WAIT", func(t *testing.T) {
 		s := establishedPair(t)
-		cl, srv := s.c[0], s.c[1]
+		srv := s.c[1]
 		fin := Segment{Seq: srv.rcvNxt, Ack: srv.sndNxt, Flags: FlagACK | FlagFIN, Window: 1000}
 		handleOne(srv, s.now, &fin)
 		require.Equal(t, StateCloseWait, srv.State())
 		out := handleOne(srv, s.now, &fin)
 		require.Len(t, out, 1, "re-ACK the retransmitted FIN")
 		assert.Equal(t, srv.rcvNxt, out[0].Ack)
-		_ = cl
 		// TIME-WAIT: the client closes first, the server's FIN comes and
 		// is retransmitted: each copy is ACKed.
 		s2 := establishedPair(t)
@@ -207,7 +205,6 @@ func TestReview_FINVariants(t *testing.T) {
 func TestReview_KeepAlive(t *testing.T) {
 	cfg := Config{KeepAlive: 10 * time.Second, KeepAliveInterval: 2 * time.Second, KeepAliveCount: 3}
 	s := newSim(t, cfg, Config{}, issClient, issServer)
-	start := s.now
 	n0 := len(s.sent[0])
 	s.runFor(35 * time.Second)
 	probes := 0
@@ -225,14 +222,12 @@ func TestReview_KeepAlive(t *testing.T) {
 	assert.ErrorIs(t, s.c[0].Err(), ErrTimeout)
 	el := s.now.Sub(dead)
 	assert.LessOrEqual(t, el, 10*time.Second+3*2*time.Second+time.Second, "gave up after %v", el)
-	_ = start
 }
 
 // TestReview_KeepAliveWithDataOutstanding: keepalive probes are for idle
 // connections; with data in flight the retransmission timer watches the
-// peer (Linux resets the keepalive timer while packets are out). Here
-// keepalive runs regardless and, with a short keepalive, kills a
-// connection that the RTO would still be retrying.
+// peer (Linux resets the keepalive timer while packets are out). A short
+// keepalive must not end a connection that the RTO is still retrying.
 func TestReview_KeepAliveWithDataOutstanding(t *testing.T) {
 	cfg := Config{KeepAlive: 5 * time.Second, KeepAliveInterval: time.Second, KeepAliveCount: 2}
 	s := newSim(t, cfg, Config{}, issClient, issServer)
@@ -259,9 +254,7 @@ func TestReview_SACKGarbage(t *testing.T) {
 	seg.SACK = [4]SACKBlock{{una - 100, una + 1448}, {una + 5000, nxt + 1}}
 	seg.NumSACK = 2
 	handleOne(cl, s.now, seg)
-	for _, r := range cl.sacked {
-		assert.True(t, r.start.GreaterEq(cl.sndUna) && r.end.LessEq(cl.sndNxt), "range %v", r)
-	}
+	assert.Equal(t, []seqRange{{una, una + 1448}}, cl.sacked)
 	// Lots of distinct blocks: the scoreboard stays bounded.
 	for i := range 500 {
 		st := una + Seq(2*i+1)
@@ -300,19 +293,27 @@ func TestReview_PeerShrinksWindow(t *testing.T) {
 	cl := s.c[0]
 	_, _ = cl.Write(randomBytes(51, 100_000))
 	collect(cl, s.now)
-	una := cl.sndUna
+	una, nxt := cl.sndUna, cl.sndNxt
 	// The peer ACKs 1448 and offers a window ending before SND.NXT.
 	ack := una + 1448
+	require.True(t, ack.Add(100<<cl.sndShift).Less(nxt))
 	cl.Handle(s.now, &Segment{Seq: cl.rcvNxt, Ack: ack, Flags: FlagACK, Window: 100, WScale: -1, HasTS: true, TSVal: cl.tsRecent + 1})
 	out := collect(cl, s.now)
 	for _, seg := range out {
 		assert.Empty(t, seg.Payload, "new data sent beyond a shrunk window")
 	}
+	// It reopens the window (same ACK, a window update): new data follows
+	// from SND.NXT.
+	cl.Handle(s.now, &Segment{Seq: cl.rcvNxt, Ack: ack, Flags: FlagACK, Window: 0xffff, WScale: -1, HasTS: true, TSVal: cl.tsRecent + 1})
+	out = collect(cl, s.now)
+	require.NotEmpty(t, out, "stalled after the window reopened")
+	assert.Equal(t, nxt, out[0].Seq)
+	assert.NotEmpty(t, out[0].Payload)
 }
 
 // TestReview_NagleToggle: SetNoDelay(true) with a small segment held by
-// Nagle — the core releases it on the next Output (the stack's
-// SetNoDelay does not call Output, see the report).
+// Nagle — the core releases it on the next Output (SetNoDelay itself
+// sends nothing: the owner calls Output).
 func TestReview_NagleToggle(t *testing.T) {
 	s := establishedPair(t)
 	cl := s.c[0]
@@ -336,9 +337,8 @@ func TestReview_PersistBackoffCap(t *testing.T) {
 	_, _ = s.c[0].Write(randomBytes(52, 10000))
 	s.flush(0)
 	s.runFor(5 * time.Minute)
-	var times []time.Time
-	// Probes are segments from the client with seq SND.UNA-1.
-	// (sent[] has no timestamps; recompute from TSVal.)
+	// Probes are segments from the client with seq SND.UNA-1; their
+	// times come from TSVal (milliseconds).
 	var last uint32
 	var gaps []uint32
 	for _, seg := range s.sent[0] {
@@ -349,7 +349,6 @@ func TestReview_PersistBackoffCap(t *testing.T) {
 			last = seg.TSVal
 		}
 	}
-	_ = times
 	require.NotEmpty(t, gaps)
 	for i := 1; i < len(gaps); i++ {
 		assert.LessOrEqual(t, gaps[i], uint32(8000+50), "gap %d ms beyond MaxRTO", gaps[i])
@@ -412,5 +411,81 @@ func TestReview_WrapAllWays(t *testing.T) {
 		s.drop = lossy(uint64(iss[0]), 0.02)
 		s.send(0, randomBytes(57, 300_000), 5*time.Minute)
 		s.send(1, randomBytes(58, 300_000), 5*time.Minute)
+	}
+}
+
+// TestReview_CloseWithUnreadDataResets: Close with received bytes the
+// application never read resets the connection (RFC 2525 2.17); with
+// none it sends a FIN, and what arrives later is acknowledged and dropped.
+func TestReview_CloseWithUnreadDataResets(t *testing.T) {
+	s := establishedPair(t)
+	srv := s.c[1]
+	s.autoRead[1] = false
+	_, err := s.c[0].Write([]byte("unread"))
+	require.NoError(t, err)
+	s.flush(0)
+	s.runUntil(func() bool { return srv.Readable() == 6 }, time.Second)
+	srv.Close(s.now)
+	out := collect(srv, s.now)
+	require.Len(t, out, 1)
+	assert.Equal(t, FlagRST|FlagACK, out[0].Flags)
+	assert.Equal(t, StateClosed, srv.State())
+	assert.ErrorIs(t, srv.Err(), ErrAborted)
+
+	s = establishedPair(t)
+	srv = s.c[1]
+	srv.Close(s.now)
+	out = collect(srv, s.now)
+	require.Len(t, out, 1)
+	assert.Equal(t, FlagFIN|FlagACK, out[0].Flags)
+	base := srv.rcvNxt
+	out = handleOne(srv, s.now, &Segment{Seq: base, Ack: srv.sndNxt, Flags: FlagACK, Window: 1000, Payload: []byte("late")})
+	assert.Zero(t, srv.Readable(), "bytes kept after Close")
+	require.NotEmpty(t, out)
+	assert.Equal(t, base+4, out[len(out)-1].Ack)
+}
+
+// TestReview_ZeroWindowAckOfOurFIN: with our receive window at zero, a
+// segment the window cannot take still has its ACK processed in full,
+// state changes included: an ACK of our FIN on the peer's window probe
+// (Linux's sits one below RCV.NXT) moves FIN-WAIT-1 to FIN-WAIT-2 and
+// LAST-ACK to CLOSED. A probe carrying a byte gets an ACK.
+func TestReview_ZeroWindowAckOfOurFIN(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		data       int
+		peerCloses bool
+		before     State
+		after      State
+	}{
+		{"FIN-WAIT-1", 10000, false, StateFinWait1, StateFinWait2},
+		{"LAST-ACK", 4095, true, StateLastAck, StateClosed}, // the FIN fills the window
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, Config{}, Config{ReceiveBufferSize: 4096}, issClient, issServer)
+			srv := s.c[1]
+			s.autoRead[1] = false
+			_, err := s.c[0].Write(randomBytes(46, tc.data))
+			require.NoError(t, err)
+			if tc.peerCloses {
+				s.c[0].CloseWrite(s.now)
+			}
+			s.flush(0)
+			s.runUntil(func() bool { return srv.Readable() == min(tc.data, 4096) && srv.peerFin == tc.peerCloses }, 10*time.Second)
+			require.Zero(t, srv.advertisedWindow())
+			srv.CloseWrite(s.now)
+			require.NotEmpty(t, collect(srv, s.now)) // the FIN
+			require.Equal(t, tc.before, srv.State())
+			// A byte probing the window is answered, and the caller's
+			// segment is left as it was.
+			probe := Segment{Seq: srv.rcvNxt, Ack: srv.sndUna, Flags: FlagACK, Window: 1000, Payload: []byte{1}}
+			out := handleOne(srv, s.now, &probe)
+			assert.Len(t, probe.Payload, 1, "Handle changed the caller's segment")
+			require.Len(t, out, 1, "window probe not answered")
+			assert.Equal(t, srv.rcvNxt, out[0].Ack)
+			srv.Handle(s.now, &Segment{Seq: srv.rcvNxt - 1, Ack: srv.sndNxt, Flags: FlagACK, Window: 1000})
+			assert.Equal(t, tc.after, srv.State(), "in %v", srv.State())
+			assert.NoError(t, srv.Err())
+		})
 	}
 }

@@ -65,13 +65,21 @@ func (r *ring) peek(off, n int, scratch []byte) []byte {
 	if n == 0 {
 		return nil
 	}
-	i := (r.head + off) % len(r.buf)
-	if i+n <= len(r.buf) {
+	if i := (r.head + off) % len(r.buf); i+n <= len(r.buf) {
 		return r.buf[i : i+n]
 	}
-	k := copy(scratch[:n], r.buf[i:])
-	copy(scratch[k:n], r.buf)
-	return scratch[:n]
+	return r.appendTo(scratch[:0], off, n)
+}
+
+// appendTo appends the n bytes at offset off to dst.
+func (r *ring) appendTo(dst []byte, off, n int) []byte {
+	if n <= 0 {
+		return dst
+	}
+	i := (r.head + off) % len(r.buf)
+	k := min(n, len(r.buf)-i)
+	dst = append(dst, r.buf[i:i+k]...)
+	return append(dst, r.buf[:n-k]...)
 }
 
 // read moves up to len(p) queued bytes into p.
@@ -97,10 +105,6 @@ func (r *ring) discard(n int) {
 
 // bytes copies out the queued bytes plus ahead bytes written past the end.
 func (r *ring) bytes(ahead int) []byte {
-	out := make([]byte, r.size+ahead)
-	if len(r.buf) > 0 {
-		k := copy(out, r.buf[r.head:])
-		copy(out[k:], r.buf)
-	}
-	return out
+	n := r.size + ahead
+	return r.appendTo(make([]byte, 0, n), 0, n)
 }

@@ -33,9 +33,6 @@ func (f Flags) String() string {
 	return string(b)
 }
 
-// Has reports whether all bits of g are set in f.
-func (f Flags) Has(g Flags) bool { return f&g == g }
-
 // Option kinds (RFC 9293, 7323, 2018).
 const (
 	optEnd           = 0
@@ -96,14 +93,14 @@ func (s *Segment) String() string {
 
 // Errors returned by Parse. They are sentinels for errors.Is.
 var (
-	ErrTruncated   = errors.New("tcp: segment truncated")
-	ErrBadOffset   = errors.New("tcp: bad data offset")
-	ErrBadChecksum = errors.New("tcp: bad checksum")
-	ErrBadOption   = errors.New("tcp: malformed option")
+	ErrTruncated = errors.New("tcp: segment truncated")
+	ErrBadOffset = errors.New("tcp: bad data offset")
+	ErrBadOption = errors.New("tcp: malformed option")
 )
 
 // Parse decodes b, a whole TCP segment (the IP payload). It does not verify
-// the checksum (see VerifyChecksum). The payload aliases b.
+// the checksum: that needs the IP layer's pseudo-header, so the caller
+// does it (wire.Checksum). The payload aliases b.
 func Parse(b []byte, s *Segment) error {
 	if len(b) < HeaderLen {
 		return fmt.Errorf("%w: %d bytes", ErrTruncated, len(b))
@@ -219,9 +216,10 @@ func (s *Segment) sackFit(n int) int {
 
 // Marshal writes the header, options and payload of s into b and returns
 // the length written. b must hold HeaderLen+OptionsLen()+len(Payload)
-// bytes. The checksum is computed over the segment and the pseudo-header
-// partial sum pseudo (see wire.PseudoHeaderChecksum) when pseudo is given
-// as such; pass the value from the IP layer.
+// bytes. When checksum is not nil, the checksum field is filled in from
+// checksum(segment, pseudo), a one's-complement sum such as wire.Checksum,
+// with pseudo the pseudo-header's partial sum from the IP layer (see
+// wire.PseudoHeaderChecksum); when it is nil the field is left zero.
 func (s *Segment) Marshal(b []byte, pseudo uint16, checksum func([]byte, uint16) uint16) int {
 	optLen := s.OptionsLen()
 	hl := HeaderLen + optLen

@@ -81,7 +81,9 @@ func (c *Conn) Snapshot() Snapshot {
 	ahead := 0
 	for _, r := range c.ooo {
 		s.OutOfOrder = append(s.OutOfOrder, SeqRange{r.start, r.end})
-		ahead = int(r.end.Sub(c.rcvRead)) - c.rcvBuf.size
+	}
+	if n := len(c.ooo); n > 0 { // the bytes up to the last range's end
+		ahead = int(c.ooo[n-1].end.Sub(c.rcvRead)) - c.rcvBuf.size
 	}
 	s.RecvData = c.rcvBuf.bytes(ahead)
 	return s
@@ -167,9 +169,7 @@ func Restore(s Snapshot, now time.Time) (*Conn, error) {
 	if s.PeerFin {
 		inOrder--
 	}
-	if len(s.RecvData) > 0 {
-		c.rcvBuf.writeAt(0, s.RecvData)
-	}
+	c.rcvBuf.writeAt(0, s.RecvData)
 	c.rcvBuf.extend(inOrder)
 	for _, r := range s.OutOfOrder {
 		c.ooo = append(c.ooo, seqRange{r.Start, r.End})
@@ -186,12 +186,8 @@ func Restore(s Snapshot, now time.Time) (*Conn, error) {
 	if c.cwnd == 0 {
 		c.cwnd = c.cfg.InitialWindow * uint32(c.mss())
 	}
-	switch {
-	case c.state == StateTimeWait:
-		c.closeAt = now.Add(c.cfg.TimeWait)
-	case c.state == StateFinWait2 && c.cfg.FinWait2Timeout > 0:
-		c.closeAt = now.Add(c.cfg.FinWait2Timeout)
-	case c.state == StateSynSent || c.state == StateSynReceived:
+	c.armCloseTimer(now)
+	if c.state == StateSynSent || c.state == StateSynReceived {
 		c.synPending = true
 	}
 	if c.sndUna != c.sndNxt {

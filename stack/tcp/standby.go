@@ -28,7 +28,7 @@ func (c *Conn) AppendReceived(dst []byte, from Seq) ([]byte, error) {
 		return dst, fmt.Errorf("%w: received bytes from %d not held (%d..%d)", ErrStandby, from, c.rcvRead, end)
 	}
 	off, n := int(from.Sub(c.rcvRead)), int(end.Sub(from))
-	return appendRing(dst, &c.rcvBuf, off, n), nil
+	return c.rcvBuf.appendTo(dst, off, n), nil
 }
 
 // WrittenEnd is the sequence number after the last byte the application
@@ -48,17 +48,7 @@ func (c *Conn) AppendWrittenMax(dst []byte, from Seq, max int) ([]byte, error) {
 		return dst, fmt.Errorf("%w: written bytes from %d not held (%d..%d)", ErrStandby, from, c.sndBufSeq, end)
 	}
 	off, n := int(from.Sub(c.sndBufSeq)), int(end.Sub(from))
-	return appendRing(dst, &c.sndBuf, off, min(n, max)), nil
-}
-
-func appendRing(dst []byte, r *ring, off, n int) []byte {
-	if n <= 0 {
-		return dst
-	}
-	i := (r.head + off) % len(r.buf)
-	k := min(n, len(r.buf)-i)
-	dst = append(dst, r.buf[i:i+k]...)
-	return append(dst, r.buf[:n-k]...)
+	return c.sndBuf.appendTo(dst, off, min(n, max)), nil
 }
 
 // Progress is what the backup needs to know of the client's side of the
@@ -101,7 +91,7 @@ func RestoreStandby(s Snapshot, now time.Time) (*Conn, error) {
 	// The standby keeps what the main keeps plus what the client has
 	// acknowledged since the backup last heard of it.
 	c.sndBuf.limit += StandbySendSlack
-	c.rtoAt, c.delackAt, c.persistAt, c.keepaliveAt, c.closeAt = time.Time{}, time.Time{}, time.Time{}, time.Time{}, time.Time{}
+	c.stopTimers()
 	return c, nil
 }
 
@@ -123,9 +113,7 @@ func (c *Conn) StandbyReceive(seq Seq, data []byte) (int, error) {
 	if c.peerFin {
 		return 0, fmt.Errorf("%w: inbound bytes after the peer's FIN", ErrStandby)
 	}
-	n := min(len(data), c.rcvBuf.free())
-	c.rcvBuf.writeAt(c.rcvBuf.size, data[:n])
-	c.rcvBuf.extend(n)
+	n := c.rcvBuf.append(data)
 	c.rcvNxt = c.ReceivedEnd()
 	if n > 0 {
 		c.events |= EventReadable
@@ -155,25 +143,13 @@ func (c *Conn) StandbyProgress(p Progress) error {
 	}
 	if c.state == StateSynReceived && p.SndUna.Greater(c.iss) {
 		// The client completed the handshake with the main.
-		c.sndUna, c.sndNxt, c.rexmitNxt = c.iss+1, c.iss+1, c.iss+1
-		c.state = StateEstablished
-		if c.finQueued {
-			c.state = StateFinWait1
-		}
-		c.events |= EventEstablished | EventWritable
+		c.establish(c.iss + 1)
+		c.sndNxt = c.sndUna
 	}
-	end := c.dataEnd()
-	if c.finQueued {
-		end++ // the FIN's sequence number
-	}
-	if p.SndUna.Less(c.sndUna) || p.SndUna.Greater(end) {
+	if end := c.sendEnd(); p.SndUna.Less(c.sndUna) || p.SndUna.Greater(end) {
 		return fmt.Errorf("%w: acknowledged %d outside %d..%d", ErrStandby, p.SndUna, c.sndUna, end)
 	}
-	if p.SndUna.Greater(c.sndBufSeq) {
-		n := min(int(p.SndUna.Sub(c.sndBufSeq)), c.sndBuf.size)
-		c.sndBuf.discard(n)
-		c.sndBufSeq = c.sndBufSeq.Add(uint32(n))
-	}
+	c.dropAcked(p.SndUna)
 	c.sndUna = p.SndUna
 	c.sndNxt = seqMax(c.sndNxt, p.SndUna)
 	c.sndWnd = p.SndWnd
@@ -183,19 +159,27 @@ func (c *Conn) StandbyProgress(p Progress) error {
 	if p.FinQueued && !c.finQueued && c.dataEnd() == p.WrittenEnd {
 		c.CloseWrite(time.Time{})
 	}
+	// The state changes of Handle, in its order: the ACK of our FIN, then
+	// the peer's FIN. (The standby sends nothing, so finSent is unset.)
+	if c.finQueued && c.sndUna == c.sendEnd() {
+		c.ourFinAcked(time.Time{})
+	}
 	if p.PeerFin && !c.peerFin && c.ReceivedEnd() == p.ReceivedEnd {
 		c.rcvFinKnown, c.rcvFinSeq = true, c.ReceivedEnd()
-		c.rcvNxt = c.ReceivedEnd() + 1
-		c.peerFin = true
-		c.events |= EventReadable
-		switch c.state {
-		case StateEstablished:
-			c.state = StateCloseWait
-		case StateFinWait1, StateFinWait2:
-			c.state = StateClosing
-		}
+		c.rcvNxt = c.ReceivedEnd()
+		c.peerFinArrived(time.Time{})
 	}
+	c.stopTimers() // those the state changes armed: GoLive arms them
 	return nil
+}
+
+// sendEnd is the end of the send sequence space: the bytes written, then
+// the FIN once queued.
+func (c *Conn) sendEnd() Seq {
+	if c.finQueued {
+		return c.dataEnd() + 1
+	}
+	return c.dataEnd()
 }
 
 // takeoverTSMargin is added to the timestamp clock at takeover: the
@@ -216,18 +200,17 @@ func (c *Conn) GoLive(now time.Time, sent Seq, dupAcks int) error {
 	if !c.standby {
 		return fmt.Errorf("%w: not a standby connection", ErrStandby)
 	}
-	end := c.dataEnd()
-	finEnd := end
-	if c.finQueued {
-		finEnd++
-	}
+	finEnd := c.sendEnd()
 	if sent.Less(c.sndUna) || sent.Greater(finEnd) {
 		return fmt.Errorf("%w: sent up to %d outside %d..%d", ErrStandby, sent, c.sndUna, finEnd)
 	}
 	c.standby = false
+	if c.state == StateClosed {
+		return nil // it ended with the main's copy (StandbyProgress)
+	}
 	c.sndNxt = sent
 	if c.finQueued && sent == finEnd {
-		c.finSent, c.finSeq = true, end
+		c.finSent, c.finSeq = true, c.dataEnd()
 	}
 	c.rexmitNxt = c.sndUna
 	c.rtoRecoveryHigh = c.sndNxt
@@ -248,6 +231,7 @@ func (c *Conn) GoLive(now time.Time, sent Seq, dupAcks int) error {
 	if c.cfg.KeepAlive > 0 {
 		c.keepaliveAt = now.Add(c.cfg.KeepAlive)
 	}
+	c.armCloseTimer(now) // FIN-WAIT-2 or TIME-WAIT, reached in StandbyProgress
 	c.lastRecv = now
 	c.ackNow = true
 	c.dupAcksToSend = max(dupAcks-1, 0)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -219,4 +220,79 @@ func (s *sim) stepDead() bool {
 	s.c[0].Tick(s.now)
 	s.after(0)
 	return true
+}
+
+// TestStandbyFollowsCloseStates: a standby given the main's progress
+// passes through the main's closing states, whether the progress comes
+// after every step or only now and then, and a standby that goes live
+// in TIME-WAIT ends when it is over.
+func TestStandbyFollowsCloseStates(t *testing.T) {
+	activeClose := func(late bool) func(s *sim, follow func()) {
+		return func(s *sim, follow func()) {
+			s.c[1].Close(s.now)
+			s.flush(1)
+			follow() // FIN-WAIT-1
+			s.runUntil(func() bool { return s.c[1].State() == StateFinWait2 }, time.Second)
+			if !late { // else FIN-WAIT-2 and TIME-WAIT arrive in one
+				follow()
+			}
+			s.c[0].Close(s.now)
+			s.flush(0)
+			s.runUntil(func() bool { return s.c[1].State() == StateTimeWait }, time.Second)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		close func(s *sim, follow func())
+		want  State
+	}{
+		{"active close", activeClose(false), StateTimeWait},
+		{"active close, progress late", activeClose(true), StateTimeWait},
+		{"simultaneous close", func(s *sim, follow func()) {
+			s.c[0].Close(s.now)
+			s.c[1].Close(s.now)
+			collect(s.c[1], s.now) // the server's FIN is lost
+			s.flush(0)
+			s.runUntil(func() bool { return s.c[1].State() == StateClosing }, time.Second)
+			follow()
+			s.runUntil(func() bool { return s.c[1].State() == StateTimeWait }, 5*time.Second)
+		}, StateTimeWait},
+		{"passive close", func(s *sim, follow func()) {
+			s.c[0].Close(s.now)
+			s.flush(0)
+			s.runUntil(func() bool { return s.c[1].State() == StateCloseWait }, time.Second)
+			follow()
+			s.c[1].Close(s.now)
+			follow() // LAST-ACK
+			s.flush(1)
+			s.runUntil(func() bool { return s.c[1].State() == StateClosed }, time.Second)
+		}, StateClosed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, Config{}, Config{}, issClient, issServer)
+			main := s.c[1]
+			sb, err := RestoreStandby(main.Snapshot(), s.now)
+			require.NoError(t, err)
+			follow := func() {
+				t.Helper()
+				require.NoError(t, sb.StandbyProgress(main.Progress()))
+				require.Equal(t, main.State(), sb.State(), "standby %v, main %v", sb.State(), main.State())
+			}
+			tc.close(s, follow)
+			require.Equal(t, tc.want, main.State())
+			follow()
+			assert.Zero(t, sb.NextDeadline(), "a standby runs no timers")
+			if tc.want == StateClosed {
+				assert.NotZero(t, sb.TakeEvents()&EventClosed)
+				assert.NoError(t, sb.Err())
+				return
+			}
+			require.NoError(t, sb.GoLive(s.now, sb.sendEnd(), 0))
+			d := sb.NextDeadline()
+			require.False(t, d.IsZero(), "live in %v without a timer", sb.State())
+			sb.Tick(d)
+			assert.Equal(t, StateClosed, sb.State())
+			assert.NoError(t, sb.Err())
+		})
+	}
 }
