@@ -64,10 +64,9 @@
 //  4. A FIN goes out only once the backup knows the application closed
 //     (CloseOK, raised by the acknowledgement of the ACKED that carries
 //     FinQueued). CLOSE(conn id, kind) tells the backup a connection
-//     ended (GONE) or is no longer replicated (DROPPED). Not built: an
-//     abort's RST is held by the same gate and lost when the connection
-//     leaves the table, so the client learns of it only from the RST
-//     that answers its next segment.
+//     ended (GONE), was aborted (RST: the abort's RST waits for this
+//     CLOSE's acknowledgement, then leaves although the connection has
+//     left the main's table), or is no longer replicated (DROPPED).
 //  5. ACKED(conn id, tcp.Progress): the client's progress (snd.una,
 //     snd.wnd, ts.recent, rcv.adv) so the backup trims what the client has
 //     and knows the window and timestamps to continue with, plus the ends

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -235,4 +236,40 @@ func dialEcho(tb testing.TB, client *stack.Stack) *stack.Conn {
 	require.NoError(tb, err)
 	tb.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TestAbortReachesClient: a replicated connection the main's application
+// aborts (it closes with bytes unread) resets the client once the backup
+// knows: the RST, held by the gate, is not lost when the connection
+// leaves the main's table.
+func TestAbortReachesClient(t *testing.T) {
+	abortApp := func(nodes chan<- *rfsis.Node) rfsis.App {
+		return func(ctx context.Context, n *rfsis.Node) error {
+			l, err := n.Listen()
+			if err != nil {
+				return err
+			}
+			nodes <- n
+			return rfsis.Serve(ctx, l, func(c net.Conn) {
+				// Read one byte, let the rest arrive, close with it unread.
+				b := make([]byte, 1)
+				if _, err := io.ReadFull(c, b); err != nil {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+				c.Close()
+			})
+		}
+	}
+	_, client, mainNode, _, _ := pairUpWith(t, abortApp, abortApp)
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Write([]byte("abort with these bytes unread"))
+	require.NoError(t, err)
+	_, err = c.Read(make([]byte, 1))
+	require.Error(t, err)
+	require.NotErrorIs(t, err, os.ErrDeadlineExceeded, "the client never heard of the abort")
+	require.ErrorIs(t, err, syscall.ECONNRESET)
+	r, _ := mainNode.Failover().Role()
+	require.Equal(t, failover.RoleMain, r, "the pair stayed up")
 }

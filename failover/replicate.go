@@ -185,15 +185,27 @@ func progressWorthShipping(old, p tcp.Progress) bool {
 	return false
 }
 
-// Gone tells the backup to drop its copy.
+// Gone tells the backup to drop its copy. An abort's RST waits for that
+// (invariant 4): the close's acknowledgement lets it go.
 func (h *mainHook) Gone(r *stack.Replica) {
 	n := h.node()
 	n.mu.Lock()
 	delete(n.mains, r.ID())
 	n.mu.Unlock()
-	if s, epoch := n.liveSession(); s != nil {
-		s.sendAs(epoch, Message{Type: MsgClose, Conn: r.ID(), Close: CloseGone}, effect{})
+	s, epoch := n.liveSession()
+	if !r.AbortHeldLocked() {
+		if s != nil {
+			s.sendAs(epoch, Message{Type: MsgClose, Conn: r.ID(), Close: CloseGone}, effect{})
+		}
+		return
 	}
+	if s == nil {
+		// No backup to tell: the RST goes now. (The lock held here is the
+		// connection's; UpdateGate would take it again.)
+		r.SetGateLocked(tcp.Gate{})
+		return
+	}
+	s.sendAs(epoch, Message{Type: MsgClose, Conn: r.ID(), Close: CloseRST}, effect{gate: gateEffect{r: r, closeOK: true}})
 }
 
 // stopReplicatingLocked gives up on one connection the main cannot ship

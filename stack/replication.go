@@ -77,14 +77,26 @@ func (r *Replica) UpdateGate(update func(*tcp.Gate)) {
 	ep := r.ep
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	if ep.gone {
+	if ep.gone && !ep.c.AbortHeld() {
 		return
 	}
 	g := ep.c.Gate()
 	update(&g)
 	ep.c.SetGate(g)
+	if ep.gone {
+		// An aborted connection has left the table; its RST waited for
+		// the backup (AbortHeldLocked) and may go now.
+		ep.c.Output(time.Now(), ep.emitFn)
+		return
+	}
 	ep.afterLocked(time.Now())
 }
+
+// AbortHeldLocked reports whether the connection was aborted and its RST
+// waits for the gate's CloseOK (the backup must know first). Gone sees
+// it: the hook then ships the close and raises CloseOK through UpdateGate,
+// which sends the RST although the connection has left the table.
+func (r *Replica) AbortHeldLocked() bool { return r.ep.c.AbortHeld() }
 
 // SetReplicationHook installs h for connections accepted from now on
 // (nil stops replicating new ones).

@@ -368,6 +368,7 @@ func (ep *endpoint) afterLocked(now time.Time) {
 		if ep.replica != nil {
 			if hb := ep.t.hook.Load(); hb != nil {
 				hb.h.Gone(ep.replica)
+				ep.c.Output(now, ep.emitFn) // an abort's RST, if Gone let it go
 			}
 		}
 		close(ep.done)
