@@ -442,3 +442,32 @@ func TestGSOSuperSegments(t *testing.T) {
 	}
 	assert.Greater(t, big, 10, "bulk data should leave in super-segments")
 }
+
+// TestSACKBlocksFitTheSegment: a data segment carries SACK blocks only in
+// the option space its payload leaves, so header, options and payload
+// never exceed the peer's MSS. A full-sized data segment with blocks on
+// top was too big for the MTU: the stack dropped it while the connection
+// counted it sent, and with traffic both ways and a hole in each
+// direction both ends retransmitted such segments forever (nettest's
+// FutureTimeout hung about once in 200 runs).
+func TestSACKBlocksFitTheSegment(t *testing.T) {
+	s := newSim(t, Config{}, Config{}, issClient, issServer)
+	srv := s.c[1]
+	require.True(t, srv.sackOK && srv.tsOK, "the sim negotiates SACK and timestamps")
+	base := srv.rcvNxt
+	// A hole in what the server received: it has blocks to report.
+	srv.Handle(s.now, &Segment{Seq: base + 1000, Ack: srv.sndNxt, Flags: FlagACK, Window: 1000, Payload: make([]byte, 500)})
+	srv.Output(s.now, func(*Segment) {})
+	_, err := srv.Write(randomBytes(8, 3*srv.mss()+100))
+	require.NoError(t, err)
+	var data int
+	srv.Output(s.now, func(seg *Segment) {
+		if len(seg.Payload) == 0 {
+			return
+		}
+		data++
+		assert.LessOrEqual(t, seg.OptionsLen()+len(seg.Payload), int(srv.sendMSS),
+			"segment at %d: %d option bytes (%d SACK blocks) and %d payload bytes", seg.Seq, seg.OptionsLen(), seg.NumSACK, len(seg.Payload))
+	})
+	require.Positive(t, data, "the server sent data")
+}

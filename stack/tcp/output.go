@@ -198,6 +198,14 @@ func (c *Conn) fillSACK(s *Segment, ack Seq) {
 	for i := len(c.ooo) - 1; i >= 0; i-- {
 		add(c.ooo[i])
 	}
+	// The blocks ride in the option space the payload leaves: a
+	// full-sized segment has none, and one that outgrew the peer's MSS
+	// (our MTU) would be dropped before the wire while the connection
+	// counts it sent. (Each segment cut from a super-segment carries the
+	// same options, hence at most mss of payload counts.)
+	for s.NumSACK > 0 && s.OptionsLen()+min(len(s.Payload), c.mss()) > int(c.sendMSS) {
+		s.NumSACK--
+	}
 }
 
 // sendData emits n bytes starting at seq, with a FIN when fin is set.
