@@ -273,3 +273,38 @@ func TestAbortReachesClient(t *testing.T) {
 	r, _ := mainNode.Failover().Role()
 	require.Equal(t, failover.RoleMain, r, "the pair stayed up")
 }
+
+// TestDataCompletesHandshake: when the client's ACK of the SYN-ACK is
+// lost, its first data completes the handshake, and the main ships that
+// data (IN) before the client's progress (ACKED). The backup must hold
+// the bytes and keep the copy, not apply a progress it has not received.
+func TestDataCompletesHandshake(t *testing.T) {
+	hub, client, mainNode, backupNode, _ := pairUp(t)
+	var dropped atomic.Bool
+	hub.Port(1).SetFilter(func(f []byte) bool {
+		// The first bare ACK from the client to the service port.
+		if dropped.Load() || len(f) < 14+20+20 || f[12] != 0x08 || f[13] != 0x00 || f[14+9] != 6 {
+			return true
+		}
+		ip := f[14:]
+		tcpHdr := ip[int(ip[0]&0x0f)*4:]
+		total := int(ip[2])<<8 | int(ip[3])
+		payload := total - int(ip[0]&0x0f)*4 - int(tcpHdr[12]>>4)*4
+		if tcpHdr[2] == 0 && tcpHdr[3] == 7 && tcpHdr[13] == 0x10 && payload == 0 && dropped.CompareAndSwap(false, true) {
+			return false
+		}
+		return true
+	})
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := []byte("first bytes complete the handshake\n")
+	_, err := c.Write(msg)
+	require.NoError(t, err)
+	got := make([]byte, len(msg))
+	_, err = io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.Equal(t, msg, got)
+	require.True(t, dropped.Load(), "the filter dropped the client's ACK")
+	require.Zero(t, backupNode.Failover().Stats().ConnsDropped.Load(), "the backup kept its copy")
+	require.Equal(t, 1, mainNode.Failover().ProtectedConns())
+}

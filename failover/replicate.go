@@ -257,6 +257,7 @@ type backupConn struct {
 	mu      sync.Mutex // the reader and the retry loop both deliver
 	pending []byte     // inbound bytes held, waiting for buffer space
 	prog    tcp.Progress
+	hasProg bool // prog holds an ACKED (IN can come first)
 	// progNew: prog has not been applied since it arrived or since bytes
 	// it may place a FIN after went in.
 	progNew bool
@@ -283,7 +284,7 @@ func (n *Node) deliverLocked(b *backupConn) error {
 		delete(n.waiting, b)
 	}
 	n.mu.Unlock()
-	if b.progNew {
+	if b.progNew && b.hasProg {
 		b.progNew = false
 		return b.sb.Progress(b.prog)
 	}
@@ -379,7 +380,7 @@ func (n *Node) applyReplication(m *Message) error {
 	case MsgAcked:
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		b.prog, b.progNew = m.Progress, true
+		b.prog, b.hasProg, b.progNew = m.Progress, true, true
 		return n.deliverLocked(b)
 	case MsgClose:
 		n.forgetStandby(m.Conn)

@@ -69,3 +69,7 @@ func (h *Hub) Dropped() uint64 {
 	}
 	return n
 }
+
+// Port returns the hub's end of port i: a filter set on it (SetFilter)
+// sees, and may drop, every frame the hub delivers to station i.
+func (h *Hub) Port(i int) *Device { return h.ports[i] }
