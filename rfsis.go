@@ -256,7 +256,7 @@ func statusSource(st *stack.Stack, fn *failover.Node, start time.Time) status.So
 			Drops: ss.DropShortFrame + ss.DropOtherMAC + ss.DropEtherType + ss.IPv4Malformed + ss.IPv4BadChecksum +
 				ss.IPv4NotOurs + ss.IPv4Fragments + ss.IPv4UnknownProto + ts.BadChecksum + ts.Malformed,
 			TCPSegmentsIn: ts.SegmentsIn, TCPSegmentsOut: ts.SegmentsOut, ResetsSent: ts.ResetsSent,
-			SYNBacklogDrops: ts.SYNBacklogDrops, Uptime: time.Since(start).Seconds(),
+			SYNBacklogDrops: ts.SYNBacklogDrops, TCPSendErrors: ts.SendErrors, Uptime: time.Since(start).Seconds(),
 		}
 	})
 }

@@ -341,3 +341,16 @@ func TestCloseReadWhileReading(t *testing.T) {
 	require.NoError(t, c.CloseRead())
 	assert.ErrorIs(t, <-read, io.EOF)
 }
+
+// TestTCPSendErrorsCounted: a segment the IP layer refuses (here one too
+// big for any frame) is counted, not silently taken for sent: a bug that
+// made every such segment vanish went unseen for want of this counter.
+func TestTCPSendErrorsCounted(t *testing.T) {
+	p := newPair(t)
+	id := tcp.FourTuple{LocalAddr: p.cliAddr, LocalPort: 40000, RemoteAddr: p.srvAddr, RemotePort: 9000}
+	before := p.cli.TCPStats()
+	p.cli.tcp.send(id, &tcp.Segment{SrcPort: 40000, DstPort: 9000, Flags: tcp.FlagACK, WScale: -1, Payload: make([]byte, 1<<17)}, 1460)
+	after := p.cli.TCPStats()
+	require.Equal(t, before.SendErrors+1, after.SendErrors)
+	require.Equal(t, before.SegmentsOut, after.SegmentsOut, "not counted as sent")
+}

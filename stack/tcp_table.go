@@ -37,11 +37,16 @@ type TCPStats struct {
 	ActiveOpens             uint64
 	PassiveOpens            uint64
 	CurrentConnections      uint64
+	// SendErrors counts segments the connection emitted that never
+	// reached the device (too big for the MTU, no route, the address
+	// gone). TCP's retransmission copes with one; a steady count is a
+	// bug, and invisible without it.
+	SendErrors uint64
 }
 
 type tcpCounters struct {
 	segmentsIn, segmentsOut, badChecksum, malformed, resetsSent,
-	synBacklogDrops, acceptQueueDrops, activeOpens, passiveOpens, diverged atomic.Uint64
+	synBacklogDrops, acceptQueueDrops, activeOpens, passiveOpens, diverged, sendErrors atomic.Uint64
 }
 
 type tcpTable struct {
@@ -172,7 +177,9 @@ func (t *tcpTable) send(id tcp.FourTuple, seg *tcp.Segment, mss int) {
 			p.off.HdrLen = uint16(headroom + hl)
 		}
 	}
-	if t.s.sendIPv4(p, id.LocalAddr, id.RemoteAddr, wire.ProtoTCP, n) == nil {
+	if err := t.s.sendIPv4(p, id.LocalAddr, id.RemoteAddr, wire.ProtoTCP, n); err != nil {
+		t.n.sendErrors.Add(1)
+	} else {
 		t.n.segmentsOut.Add(1)
 	}
 }
@@ -262,6 +269,7 @@ func (t *tcpTable) stats() TCPStats {
 		ResetsSent: t.n.resetsSent.Load(), SYNBacklogDrops: t.n.synBacklogDrops.Load(),
 		AcceptQueueDrops: t.n.acceptQueueDrops.Load(), ActiveOpens: t.n.activeOpens.Load(),
 		PassiveOpens: t.n.passiveOpens.Load(), CurrentConnections: cur, Diverged: t.n.diverged.Load(),
+		SendErrors: t.n.sendErrors.Load(),
 	}
 }
 

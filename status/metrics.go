@@ -84,6 +84,8 @@ func newCollector(src Source) *collector {
 				func(r *Report) float64 { return u(r.ResetsSent) }),
 			c("tcp_syn_backlog_drops_total", "SYNs dropped because a listener's SYN backlog was full.",
 				func(r *Report) float64 { return u(r.SYNBacklogDrops) }),
+			c("tcp_send_errors_total", "TCP segments that never reached the device (too big, no route, address gone).",
+				func(r *Report) float64 { return u(r.TCPSendErrors) }),
 		},
 	}
 }

@@ -78,6 +78,9 @@ type Report struct {
 	// SYNBacklogDrops counts SYNs dropped because a listener's SYN
 	// backlog was full (stack.TCPStats.SYNBacklogDrops).
 	SYNBacklogDrops uint64 `json:"tcp_syn_backlog_drops"`
+	// TCPSendErrors counts TCP segments that never reached the device
+	// (stack.TCPStats.SendErrors).
+	TCPSendErrors uint64 `json:"tcp_send_errors"`
 
 	// Uptime is, in seconds, how long the node has been running.
 	Uptime float64 `json:"uptime"`

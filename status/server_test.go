@@ -27,7 +27,7 @@ var sample = Report{
 	SyncFramesIn: 100, SyncFramesOut: 120, SyncFramesBad: 4,
 	StandbysAdopted: 5, Diverged: 6, ConnsDropped: 7,
 	FramesIn: 1000, FramesOut: 900, Drops: 11,
-	TCPSegmentsIn: 800, TCPSegmentsOut: 700, ResetsSent: 12, SYNBacklogDrops: 13,
+	TCPSegmentsIn: 800, TCPSegmentsOut: 700, ResetsSent: 12, SYNBacklogDrops: 13, TCPSendErrors: 14,
 	Uptime: 3723.5,
 }
 
@@ -115,7 +115,7 @@ func TestStatusJSON(t *testing.T) {
 		"standbys_adopted": 5.0, "diverged": 6.0, "conns_dropped": 7.0,
 		"frames_in": 1000.0, "frames_out": 900.0, "drops": 11.0,
 		"tcp_segments_in": 800.0, "tcp_segments_out": 700.0,
-		"tcp_resets_sent": 12.0, "tcp_syn_backlog_drops": 13.0,
+		"tcp_resets_sent": 12.0, "tcp_syn_backlog_drops": 13.0, "tcp_send_errors": 14.0,
 		"uptime": 3723.5,
 	}
 	for k, v := range want {
@@ -242,6 +242,7 @@ func TestMetrics(t *testing.T) {
 		"rfsis_tcp_segments_out_total":      {dto.MetricType_COUNTER, 700},
 		"rfsis_tcp_resets_sent_total":       {dto.MetricType_COUNTER, 12},
 		"rfsis_tcp_syn_backlog_drops_total": {dto.MetricType_COUNTER, 13},
+		"rfsis_tcp_send_errors_total":       {dto.MetricType_COUNTER, 14},
 	}
 	for name, w := range want {
 		f := fams[name]

@@ -234,6 +234,7 @@ func printReport(w io.Writer, r status.Report) {
 	row("tcp segments in/out", fmt.Sprintf("%d / %d", r.TCPSegmentsIn, r.TCPSegmentsOut))
 	row("tcp resets sent", r.ResetsSent)
 	row("tcp syn backlog drops", r.SYNBacklogDrops)
+	row("tcp send errors", r.TCPSendErrors)
 	tw.Flush()
 }
 
