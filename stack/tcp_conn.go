@@ -396,8 +396,14 @@ func (c *Conn) LastDataReceived() time.Time {
 func (c *Conn) SetNoDelay(noDelay bool) error {
 	// The core takes its config at creation; Nagle is the one knob
 	// applications flip later, so the Conn exposes it directly.
-	c.ep.mu.Lock()
-	defer c.ep.mu.Unlock()
-	c.ep.c.SetNoDelay(noDelay)
+	ep := c.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	ep.c.SetNoDelay(noDelay)
+	if noDelay && !ep.gone {
+		// As Linux's TCP_NODELAY does (tcp_push_pending_frames): a small
+		// segment Nagle holds goes out now, not at the next ACK or RTO.
+		ep.afterLocked(time.Now())
+	}
 	return nil
 }

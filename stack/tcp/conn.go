@@ -920,5 +920,8 @@ func (c *Conn) addOOO(r seqRange) {
 	c.ooo = insertRange(c.ooo, r, maxOOO)
 }
 
-// SetNoDelay turns Nagle's algorithm off (true) or back on.
+// SetNoDelay turns Nagle's algorithm off (true) or back on. It sends
+// nothing itself: a segment Nagle held goes out on the next Output, which
+// the owner should call at once, as Linux's TCP_NODELAY pushes pending
+// data.
 func (c *Conn) SetNoDelay(noDelay bool) { c.cfg.NoDelay = noDelay }

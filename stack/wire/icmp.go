@@ -11,7 +11,6 @@ const (
 	ICMPEchoReply       uint8 = 0
 	ICMPDestUnreachable uint8 = 3
 	ICMPEchoRequest     uint8 = 8
-	ICMPTimeExceeded    uint8 = 11
 )
 
 var (
