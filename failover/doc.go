@@ -15,8 +15,10 @@
 // increments an epoch that both nodes persist in memory and carry in every
 // message; a node that hears a higher epoch than its own while it believes
 // it is the main stands down at once without sending anything to clients
-// (no RST, no ARP for the service address). That is what makes a frozen
-// main that wakes up (SIGSTOP, then SIGCONT) harmless.
+// (no RST, no ARP for the service address). That, and a woken main
+// holding all client output until its peer answers (or stays silent for
+// two detection windows; role.go, "Pauses"), is what makes a frozen main
+// that wakes up (SIGSTOP, then SIGCONT) harmless.
 //
 // Detection: heartbeats every heartbeat_timer, failover after
 // heartbeat_misses intervals without one. Heartbeats travel over the same

@@ -146,13 +146,28 @@ package failover
 //     nothing from us for at least W - I/2: since our last PING or PONG,
 //     or, if we were not connected, since the pause began (what came
 //     before it was a partition, not the pause's doing) — the node
-//     suspects: it pings at once and acts on nothing irreversible until the
-//     PONG to that PING, or until W passes without a word from the peer
-//     (then nobody we could hear serves). A serving node holds all client
-//     output meanwhile; then the usual rules apply to what the PONG says
-//     (stand down on a higher epoch, else resume). A backup does not take
-//     over meanwhile, and never on a "Joining" read from its buffers: that
-//     node may have started alone while we did not answer.
+//     suspects: it pings at once (and every I while it suspects) and acts
+//     on nothing irreversible until a fresh PONG (the answer to that PING
+//     or a later one), or until the peer has been silent long enough that
+//     nobody we could hear serves: 2W for a serving node, W for a backup.
+//     Silence counts from the later of the wake-up and the peer's latest
+//     message; any message restarts it, stale or not, but only a fresh
+//     PONG ends the wait, or a message that decides by itself (a serving
+//     peer with a higher epoch, or an equal one that wins the tie: stand
+//     down at once).
+//
+//     A serving node holds all client output meanwhile; then the usual
+//     rules apply to what the PONG says (stand down on a higher epoch,
+//     else resume). It waits two windows because resuming is exactly what
+//     the hold guards against: a node that resumes announces the service
+//     address (gratuitous ARP), and if the peer took over and its answer
+//     is merely late (on a saturated machine the delays that made us look
+//     dead delay it too), the address flips back and forth and clients
+//     stall for seconds. Waiting longer costs only when the peer is dead
+//     as well. A backup waits one window, like any backup watching its
+//     main (a running one takes over after W + I/2 of silence), and does
+//     not take over meanwhile, and never on a "Joining" read from its
+//     buffers: that node may have started alone while we did not answer.
 //  4. After every pause a node pings at once, so that the peer learns it
 //     is alive within a network delay.
 //
@@ -489,9 +504,10 @@ func (m *RoleMachine) Tick(now time.Time) {
 		}
 	}
 	if m.holding() && !now.Before(m.holdEnd()) {
-		// A whole window without a word from the peer: nobody we could
-		// hear serves. A Joining node starts alone; a suspecting or
-		// conflicted one resumes.
+		// A whole window without a word from the peer (two for a
+		// serving node that suspects): nobody we could hear serves. A
+		// Joining node starts alone; a suspecting or conflicted one
+		// resumes.
 		if m.role == RoleJoining {
 			m.role = RoleStandalone
 		}
@@ -864,10 +880,18 @@ func (m *RoleMachine) takeOverAt() time.Time {
 }
 
 // holdEnd is when a hold ends for want of any word from the peer.
+// Silence is counted from the hold's start or the peer's latest message,
+// whichever is later: any message, stale or not, shows the peer's side
+// is still talking, and whatever it says next may decide (see "Pauses",
+// rule 3). A serving node that suspects waits two windows, everything
+// else one.
 func (m *RoleMachine) holdEnd() time.Time {
 	t := m.holdSince
 	if m.lastHeard.After(t) {
 		t = m.lastHeard
+	}
+	if m.suspect && m.role.Serving() {
+		return t.Add(2 * m.window)
 	}
 	return t.Add(m.window)
 }

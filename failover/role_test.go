@@ -1074,23 +1074,123 @@ func TestPausedMainHoldsUntilFreshPong(t *testing.T) {
 	}
 }
 
-// A paused main that hears nobody after waking resumes one window later
+// A paused main that hears nobody after waking resumes two windows later
 // (nobody we could hear serves), as Standalone since its backup is silent
-// too.
-func TestPausedMainAloneResumesAfterAWindow(t *testing.T) {
+// too; not after one: the peer's answer may just be late.
+func TestPausedMainAloneResumesAfterTwoWindows(t *testing.T) {
+	const iv = 10 * msec
+	const w = 3 * iv
+	for _, mainHB := range []bool{true, false} {
+		t.Run(fmt.Sprintf("main_heartbeats=%t", mainHB), func(t *testing.T) {
+			s := serveAsMain(t, roleCfg(false, mainHB, iv, 3), tStart)
+			s.tickUntil(tAt(5*msec), nil)
+			wake := tAt(5*msec + 10*time.Second)
+			if rd := s.tick(wake); !rd.HoldOutput || rd.Role != RoleMain || rd.Ping == 0 {
+				t.Fatalf("%+v", rd)
+			}
+			pings := 0
+			s.tickUntil(wake.Add(w+iv/2), func(_ time.Time, rd Ready) {
+				if rd.Ping != 0 {
+					pings++
+				}
+			})
+			if !s.m.HoldOutput() {
+				t.Fatal("released one window and a bit after waking")
+			}
+			if pings < 3 {
+				t.Fatalf("%d PINGs in a window of holding, want one per interval", pings)
+			}
+			s.tickUntil(wake.Add(2*w-1), nil)
+			if !s.m.HoldOutput() {
+				t.Fatal("released before two windows passed")
+			}
+			if d := s.m.NextDeadline(); !d.Equal(wake.Add(2 * w)) {
+				t.Fatalf("next deadline %v after waking, want %v", d.Sub(wake), 2*w)
+			}
+			s.tickUntil(wake.Add(2*w), nil)
+			s.expect(RoleStandalone, 0, false)
+		})
+	}
+}
+
+// A woken main whose peer took over, and whose answer comes late (after
+// one window, before two), stands down without ever having released
+// output: no Ready that serves (and so announces the service address)
+// between the wake-up and the stand-down.
+func TestPausedMainLateAnswer(t *testing.T) {
+	const iv = 10 * msec
+	const w = 3 * iv
+	for _, answer := range []struct {
+		name string
+		msg  func(probe uint64) PeerMsg
+	}{
+		{"higher epoch, no pong", func(uint64) PeerMsg { return peerMsgOf(RoleStandalone, 1, true).ping(7) }},
+		{"higher epoch, fresh pong", func(p uint64) PeerMsg { return peerMsgOf(RoleStandalone, 1, true).pong(p) }},
+	} {
+		t.Run(answer.name, func(t *testing.T) {
+			s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
+			s.tickUntil(tAt(5*msec), nil)
+			wake := tAt(5*msec + 10*time.Second)
+			rd := s.tick(wake)
+			if !rd.HoldOutput || rd.Ping == 0 {
+				t.Fatalf("%+v", rd)
+			}
+			at := wake.Add(w + w/2)
+			s.tickUntil(at, func(now time.Time, rd Ready) {
+				if !rd.HoldOutput {
+					t.Fatalf("%v after waking: released output: %+v", now.Sub(wake), rd)
+				}
+			})
+			rd = s.hear(at, answer.msg(rd.Ping))
+			if !rd.StandDown || rd.Role != RoleStoodDown || !rd.HoldOutput {
+				t.Fatalf("%+v", rd)
+			}
+			for _, l := range s.log {
+				if !l.at.Before(wake) && !l.rd.HoldOutput {
+					t.Fatalf("output released at %v after waking: %+v", l.at.Sub(wake), l.rd)
+				}
+			}
+		})
+	}
+	// The backup is alive and its fresh PONG comes as late: the main
+	// resumes on it, not before.
+	t.Run("still backup, fresh pong", func(t *testing.T) {
+		s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
+		s.tickUntil(tAt(5*msec), nil)
+		wake := tAt(5*msec + 10*time.Second)
+		probe := s.tick(wake).Ping
+		at := wake.Add(w + w/2)
+		s.advance(at)
+		s.expect(RoleStandalone, 0, true) // its backup went silent too
+		if rd := s.hear(at, fromBackup(0).pong(probe)); rd.HoldOutput || rd.Role != RoleMain || !rd.Protected {
+			t.Fatalf("%+v", rd)
+		}
+	})
+}
+
+// While a woken main waits, a message that is not a fresh PONG (a stale
+// one from its buffers, or one written before the peer read our PING)
+// decides nothing and breaks the silence: the two windows start again
+// from it.
+func TestPausedMainSilenceRestartsOnAnyMessage(t *testing.T) {
 	const iv = 10 * msec
 	const w = 3 * iv
 	s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
 	s.tickUntil(tAt(5*msec), nil)
 	wake := tAt(5*msec + 10*time.Second)
-	if rd := s.tick(wake); !rd.HoldOutput || rd.Role != RoleMain {
-		t.Fatalf("%+v", rd)
+	probe := s.tick(wake).Ping
+	at := wake.Add(w + w/2)
+	s.advance(at)
+	for _, msg := range []PeerMsg{fromBackup(0).ping(40), fromBackup(0).pong(probe - 1), fromBackup(0)} {
+		if rd := s.hear(at, msg); !rd.HoldOutput {
+			t.Fatalf("released by %+v: %+v", msg, rd)
+		}
 	}
-	s.tickUntil(wake.Add(w-1), nil)
+	s.advance(at.Add(2*w - 1))
 	if !s.m.HoldOutput() {
-		t.Fatal("released before a window passed")
+		t.Fatal("released less than two windows after the peer's latest message")
 	}
-	s.tickUntil(wake.Add(w), nil)
+	s.advance(at.Add(2 * w))
 	s.expect(RoleStandalone, 0, false)
 }
 
