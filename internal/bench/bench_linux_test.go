@@ -283,7 +283,7 @@ func (e *env) stopRFSIS(b *testing.B) string {
 // dialer connects from the kernel of namespace from to ports of addr,
 // each connect bounded by 10 s.
 func dialer(from *netns.NS, addr netip.Addr) DialFunc {
-	return func(ctx context.Context, port int) (*net.TCPConn, error) {
+	return func(ctx context.Context, port int) (Conn, error) {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		c, err := from.Dial(dctx, "tcp4", netip.AddrPortFrom(addr, uint16(port)).String())

@@ -15,9 +15,18 @@ import (
 	"time"
 )
 
-// DialFunc connects the client namespace's kernel TCP to a port of the
-// server under test.
-type DialFunc func(ctx context.Context, port int) (*net.TCPConn, error)
+// Conn is a client connection: the kernel's *net.TCPConn, or an RFSIS
+// stack's *stack.Conn when the client is a stack too (the stack-to-stack
+// round trip of BenchmarkReplicated).
+type Conn interface {
+	net.Conn
+	CloseWrite() error
+	SetNoDelay(bool) error
+}
+
+// DialFunc connects a client (usually the client namespace's kernel TCP)
+// to a port of the server under test.
+type DialFunc func(ctx context.Context, port int) (Conn, error)
 
 // grace is how long past its nominal duration a measurement may take (to
 // drain buffers, wait for the sink's count, the echo's EOF) before it is
@@ -215,7 +224,7 @@ const RRSize = 64
 // RRSize-byte request / RRSize-byte response round trips against the echo
 // service, with TCP_NODELAY on the client.
 func MeasureRR(ctx context.Context, dial DialFunc, d time.Duration, conns int) (Sample, error) {
-	cs := make([]*net.TCPConn, 0, conns)
+	cs := make([]Conn, 0, conns)
 	defer func() {
 		for _, c := range cs {
 			c.Close()

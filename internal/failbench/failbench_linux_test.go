@@ -560,7 +560,7 @@ func (b *benchRun) steadyState(t *testing.T, d time.Duration) {
 	}
 	got := map[string]*acc{}
 	measure := func(server string, addr netip.Addr, d time.Duration) {
-		dial := func(ctx context.Context, port int) (*net.TCPConn, error) {
+		dial := func(ctx context.Context, port int) (bench.Conn, error) {
 			c, err := tp.Client().Dial(ctx, "tcp4", netip.AddrPortFrom(addr, uint16(port)).String())
 			if err != nil {
 				return nil, err
