@@ -75,15 +75,38 @@
 //     of the received and written bytes and the two FIN flags, so the
 //     backup places each FIN after exactly the right byte.
 //
-// The backup acknowledges log positions cumulatively (SYNCACK with the
-// highest applied seq); the main batches as it likes, never past a gate.
+// # Acknowledgements
+//
+// The backup acknowledges log positions cumulatively, and the
+// acknowledgement is its TCP's: the main opens a frame's gates when the
+// sync connection's SND.UNA passes the frame's end in the stream
+// (stack.Conn.OnAcked, called in the stack's input goroutine), and the
+// sync connection acknowledges every segment at once (tcp.Config.QuickACK).
+// Bytes the backup's stack has acknowledged are in its process's memory,
+// in the sync connection's receive buffer; the backup applies them before
+// it may take over (RoleMachine.PeerUnapplied: a reader that has not
+// caught up defers the takeover). Under the single-failure model that is
+// as good as applied, and it takes the backup's process scheduling, its
+// reader, its MAC check and its reply off every replicated round trip:
+// the backup's answer is the ACK its stack sends on receipt. (An
+// application-level SYNCACK, sent after applying, cost about twice the
+// added latency; BENCHMARKS.md, "Replication cost". The message type
+// remains in the codec and is ignored.)
+//
+// What this gives up: TCP acknowledgements are not authenticated, so an
+// attacker able to forge segments on the nodes' LAN could make the main
+// believe the backup holds bytes it does not, and a failover then lose
+// them. Such an attacker can already reset or hijack the clients' own
+// TCP connections on that LAN; the MAC still keeps forged replication
+// and forged takeovers out.
+//
 // What keeps the channel short and cheap:
 //
 //   - Frames are encoded and MAC'd by the goroutine that sends them (for
 //     replication, the connection's own, from inside the stack's hook),
 //     with one intermediate copy of the bytes; the writer goroutine only
-//     writes. A SYNCACK raises each connection's gate once, however many
-//     of its frames it covers.
+//     writes. An acknowledgement raises each connection's gate once,
+//     however many of its frames it covers.
 //   - A connection's output goes at most outWindow (256 KiB) ahead of what
 //     the backup acknowledged; the rest follows the acknowledgements.
 //     Without the bound one bulk connection queued megabytes on the

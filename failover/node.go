@@ -53,6 +53,9 @@ type Node struct {
 	// ignoredRepl counts replication messages not applied: from a peer
 	// that is not the main, or for a copy this backup dropped.
 	ignoredRepl atomic.Uint64
+	// testBeforeBatch, set by tests only (export_test.go), runs in the
+	// session reader after each read, before what it read is handled.
+	testBeforeBatch atomic.Pointer[func()]
 
 	stats Stats
 }
@@ -177,11 +180,28 @@ func (n *Node) wake() {
 // role machine sees the time now, before anything leaves.
 func (n *Node) renewLease(now time.Time) (time.Time, bool) {
 	n.mu.Lock()
-	n.rm.Tick(now)
+	n.tickLocked(now)
 	lease := n.rm.OutputLease()
 	n.mu.Unlock()
 	n.wake() // whatever the tick decided, the driver carries out
 	return lease, !lease.IsZero() && now.Before(lease)
+}
+
+// tickLocked tells the role machine the time, after what the sync
+// connection says of the peer. The caller holds n.mu.
+func (n *Node) tickLocked(now time.Time) {
+	if s := n.sess; s != nil {
+		// Bytes the reader has not got to yet prove the peer alive.
+		if at := s.c.LastDataReceived(); !at.IsZero() {
+			n.rm.PeerActivity(now, at)
+		}
+		if !s.caughtUp() {
+			// Bytes it has not applied may be replication the main
+			// counts as held: no takeover before they are applied.
+			n.rm.PeerUnapplied(now)
+		}
+	}
+	n.rm.Tick(now)
 }
 
 // Run drives the node until ctx ends or it stands down.
@@ -210,13 +230,7 @@ func (n *Node) Run(ctx context.Context) error {
 	for {
 		now := time.Now()
 		n.mu.Lock()
-		if n.sess != nil {
-			// Bytes the reader has not got to yet prove the peer alive.
-			if at := n.sess.c.LastDataReceived(); !at.IsZero() {
-				n.rm.PeerActivity(now, at)
-			}
-		}
-		n.rm.Tick(now)
+		n.tickLocked(now)
 		n.mu.Unlock()
 		if err := n.applyReady(now); err != nil {
 			return err
@@ -384,6 +398,7 @@ func (n *Node) protect() {
 // be 30 ms. Both ends are ours and sit on one LAN, so LAN timers are safe.
 var syncTCP = tcp.Config{
 	NoDelay:    true,
+	QuickACK:   true, // the main's gates open on our acknowledgements
 	MinRTO:     5 * time.Millisecond,
 	InitialRTO: 50 * time.Millisecond,
 	DelayedACK: time.Millisecond,
@@ -450,11 +465,19 @@ type session struct {
 	spare []byte // the writer's previous buffer, reused
 	// frames counts the frames in out.
 	frames int
+	// queued counts the bytes of the stream encoded so far (the HELLO
+	// included); acked, those the peer's TCP has acknowledged, and
+	// lastUna is the SND.UNA that count stands at.
+	queued, acked uint64
+	lastUna       tcp.Seq
 	// Effects of frames we sent, applied when the peer acknowledges them.
 	effects []effect
-	// The reader's scratch space for applyEffects.
+	// onAcked's scratch space for applyEffects.
 	gates     []gateEffect
 	gateIndex map[*stack.Replica]int
+	// handled is the end of the stream the reader has read and handled
+	// (a tcp.Seq, see caughtUp).
+	handled atomic.Uint32
 	// What the peer said of itself in this session's heartbeats.
 	peerRole   Role
 	peerBackup bool
@@ -463,7 +486,7 @@ type session struct {
 // effect is what a replication frame's acknowledgement lets its
 // connection do: its gate opens that far.
 type effect struct {
-	seq  uint64
+	end  uint64    // the frame's end in the stream (session.queued)
 	at   time.Time // when it was sent: the replication lag's start
 	gate gateEffect
 }
@@ -534,10 +557,11 @@ func (s *session) sendAs(epoch uint64, m Message, eff effect) {
 		s.c.Close()
 		return
 	}
+	s.queued += uint64(len(out) - len(s.out))
 	s.out = out
 	s.frames++
 	if eff.gate.r != nil {
-		eff.seq, eff.at = m.Seq, time.Now()
+		eff.end, eff.at = s.queued, time.Now()
 		s.effects = append(s.effects, eff)
 	}
 	s.cond.Signal()
@@ -557,7 +581,17 @@ func (n *Node) runSession(ctx context.Context, c *stack.Conn) {
 	epoch := n.rm.Epoch()
 	n.mu.Unlock()
 	hello, err := s.codec.Enc.AppendFrame(nil, &Message{Type: MsgHello, Epoch: epoch, Role: uint8(role)})
-	if err != nil || write(c, hello) != nil {
+	if err != nil {
+		return
+	}
+	// The peer acknowledges what it holds with its TCP acknowledgements
+	// (doc.go, "Acknowledgements"); they count from here.
+	s.lastUna = c.OnAcked(s.onAcked)
+	defer c.OnAcked(nil)
+	s.queued = uint64(len(hello))
+	read, _ := c.ReadPos()
+	s.handled.Store(uint32(read))
+	if write(c, hello) != nil {
 		return
 	}
 	var wg sync.WaitGroup
@@ -636,14 +670,17 @@ func isReplication(m *Message) bool {
 func (s *session) readLoop() {
 	n := s.n
 	for {
-		if _, err := s.codec.Dec.Fill(s.c); err != nil {
+		_, err := s.codec.Dec.Fill(s.c)
+		if hook := n.testBeforeBatch.Load(); hook != nil {
+			(*hook)()
+		}
+		if err != nil {
 			if s.codec.Dec.Err() != nil {
 				n.stats.BadFrames.Add(1)
 				n.log.Warn("sync: rejected frame; dropping the connection", "err", s.codec.Dec.Err())
 			}
 			return
 		}
-		applied := uint64(0)
 		for {
 			m, ok, err := s.codec.Next()
 			if err != nil {
@@ -659,13 +696,9 @@ func (s *session) readLoop() {
 				n.log.Warn("sync: cannot apply message; dropping the connection", "msg", m.String(), "err", err)
 				return
 			}
-			if m.Type != MsgSyncAck && m.Type != MsgHeartbeat && m.Type != MsgHello {
-				applied = m.Seq
-			}
 		}
-		if applied != 0 {
-			s.send(Message{Type: MsgSyncAck, Applied: applied}, effect{})
-		}
+		read, _ := s.c.ReadPos() // only this goroutine reads
+		s.handled.Store(uint32(read))
 		n.wake()
 	}
 }
@@ -722,16 +755,8 @@ func (s *session) handle(m *Message) error {
 
 	switch m.Type {
 	case MsgSyncAck:
-		s.mu.Lock()
-		i := 0
-		for i < len(s.effects) && s.effects[i].seq <= m.Applied {
-			i++
-		}
-		// Later sends append after s.effects[i:], never over done.
-		done := s.effects[:i]
-		s.effects = s.effects[i:]
-		s.mu.Unlock()
-		s.applyEffects(done)
+		// Acknowledgements are the sync connection's own (onAcked); an
+		// older peer's SYNCACK says nothing more.
 	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
 		if m.Type == MsgClose && m.Close == CloseDropped && role == RoleMain {
 			n.backupDropped(m.Conn)
@@ -754,9 +779,35 @@ func (s *session) handle(m *Message) error {
 	return nil
 }
 
+// onAcked is the sync connection's OnAcked callback: the peer's TCP holds
+// the stream up to una, so the effects of the frames before it apply. It
+// runs in the stack's input goroutine, without a hop to another one:
+// this is the latency of every replicated round trip.
+func (s *session) onAcked(una tcp.Seq) {
+	s.mu.Lock()
+	s.acked += uint64(una.Sub(s.lastUna))
+	s.lastUna = una
+	i := 0
+	for i < len(s.effects) && s.effects[i].end <= s.acked {
+		i++
+	}
+	// Later sends append after s.effects[i:], never over done.
+	done := s.effects[:i]
+	s.effects = s.effects[i:]
+	s.mu.Unlock()
+	s.applyEffects(done)
+}
+
+// caughtUp reports whether the reader has handled everything that has
+// arrived on the sync connection.
+func (s *session) caughtUp() bool {
+	_, arrived := s.c.ReadPos()
+	return uint32(arrived) == s.handled.Load()
+}
+
 // applyEffects applies acknowledged effects with one gate update per
-// connection. Only the session's reader calls it, so the scratch space is
-// the session's.
+// connection. Only onAcked calls it, in order (the stack's input
+// goroutine), so the scratch space is the session's.
 func (s *session) applyEffects(done []effect) {
 	if s.gateIndex == nil {
 		s.gateIndex = make(map[*stack.Replica]int)

@@ -308,3 +308,59 @@ func TestDataCompletesHandshake(t *testing.T) {
 	require.Zero(t, backupNode.Failover().Stats().ConnsDropped.Load(), "the backup kept its copy")
 	require.Equal(t, 1, mainNode.Failover().ProtectedConns())
 }
+
+// TestBackupAppliesBeforeTakingOver: the main opens its gates on the
+// sync connection's TCP acknowledgements, so the bytes a client has seen
+// acknowledged and echoed may still wait, unapplied, in the backup's
+// receive buffer when the main dies. The backup must apply them before it
+// takes over, however late its reader is: here the reader is stalled
+// while the main releases an echo and dies, and the takeover waits for
+// it.
+func TestBackupAppliesBeforeTakingOver(t *testing.T) {
+	hub, client, mainNode, backupNode, killMain := pairUp(t)
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	echo := func(msg string) {
+		t.Helper()
+		_, err := c.Write([]byte(msg))
+		require.NoError(t, err)
+		got := make([]byte, len(msg))
+		_, err = io.ReadFull(c, got)
+		require.NoError(t, err, "echo of %q", msg)
+		require.Equal(t, msg, string(got))
+	}
+	echo("before the stall\n")
+	require.Eventually(t, func() bool { return mainNode.Failover().ProtectedConns() == 1 }, 5*time.Second, time.Millisecond)
+
+	release := make(chan struct{})
+	var stalled atomic.Bool
+	fo := backupNode.Failover()
+	fo.SetTestBeforeBatch(func() {
+		stalled.Store(true)
+		<-release
+	})
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	// The backup's stack acknowledges the IN and OUT of this echo at
+	// once; its reader, stalled, applies neither.
+	echo("while the backup's reader is stalled\n")
+	require.Eventually(t, stalled.Load, 5*time.Second, time.Millisecond)
+
+	hub.Cut(1, true)
+	killMain()
+	// Many detection windows (3 × 20 ms): no takeover while the reader
+	// has not applied what arrived.
+	time.Sleep(300 * time.Millisecond)
+	require.Zero(t, fo.Stats().Takeovers.Load(), "took over with replication unapplied")
+
+	fo.SetTestBeforeBatch(nil)
+	close(release)
+	require.Eventually(t, func() bool { return fo.Stats().Takeovers.Load() == 1 }, 5*time.Second, time.Millisecond)
+	echo("after the takeover\n")
+	require.Zero(t, backupNode.Stack().TCPStats().Diverged)
+}

@@ -191,7 +191,9 @@ const (
 	// (for logs of round trips and skew, not to decide with).
 	MsgHeartbeat
 	// MsgSyncAck acknowledges, cumulatively, every frame of the peer up to
-	// and including seq Applied as applied. It releases the main's gates.
+	// and including seq Applied as applied. No longer sent: the sync
+	// connection's TCP acknowledgements release the main's gates
+	// (doc.go, "Acknowledgements"); received, it is ignored.
 	MsgSyncAck
 	// MsgOpen ships a new connection: its id and its tcp.Snapshot taken in
 	// SYN-RECEIVED (replication invariant 1).

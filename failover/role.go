@@ -667,6 +667,20 @@ func (m *RoleMachine) PeerActivity(now, at time.Time) {
 	}
 }
 
+// PeerUnapplied tells the machine that the reader holds bytes from the
+// peer it has not applied yet. The main counts bytes our TCP has
+// acknowledged as held (its gates open on the sync connection's
+// acknowledgements), so a backup must not take over before applying
+// them, however stale they are: takeover waits until the reader catches
+// up. Unlike PeerActivity this holds whether or not the backup has yet
+// read that its peer is the main.
+func (m *RoleMachine) PeerUnapplied(now time.Time) {
+	now = m.observe(now)
+	if m.connected && m.role == RoleBackup && now.After(m.mainSeen) {
+		m.mainSeen = now
+	}
+}
+
 // servingHears applies a message with an epoch not above ours to a
 // serving node. It reports whether the node stood down.
 func (m *RoleMachine) servingHears(now time.Time, msg PeerMsg) bool {

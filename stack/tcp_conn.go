@@ -392,6 +392,35 @@ func (c *Conn) LastDataReceived() time.Time {
 	return time.Time{}
 }
 
+// OnAcked has fn called with the connection's new SND.UNA (the peer has
+// acknowledged every byte before it) each time an arriving segment moves
+// it, and returns the present SND.UNA, where fn's count starts. fn runs
+// in the stack's input goroutine, in order, after the connection's lock
+// is released; it must not block (it holds up all input). It lets a
+// sender act on the peer's TCP acknowledgement without a goroutine hop:
+// the failover main opens its client connections' gates on the sync
+// connection's acknowledgements. OnAcked(nil) stops the calls.
+func (c *Conn) OnAcked(fn func(una tcp.Seq)) tcp.Seq {
+	ep := c.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	ep.onAcked = fn
+	ep.lastUna = ep.c.SndUna()
+	return ep.lastUna
+}
+
+// ReadPos returns the end of what the application has read and the end of
+// what has arrived in order (so read == arrived when nothing waits to be
+// read). Sequence numbers, not counts: compare them with tcp.Seq's
+// methods.
+func (c *Conn) ReadPos() (read, arrived tcp.Seq) {
+	ep := c.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	arrived = ep.c.ReceivedEnd()
+	return arrived - tcp.Seq(ep.c.Readable()), arrived
+}
+
 // SetNoDelay turns Nagle's algorithm off (true) or on.
 func (c *Conn) SetNoDelay(noDelay bool) error {
 	// The core takes its config at creation; Nagle is the one knob

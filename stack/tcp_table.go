@@ -96,7 +96,11 @@ func (t *tcpTable) handleTCP(src, dst netip.Addr, b []byte, trusted bool) {
 		now := time.Now()
 		ep.c.Handle(now, &seg)
 		ep.afterLocked(now)
+		notify, una := ep.ackedLocked()
 		ep.mu.Unlock()
+		if notify != nil {
+			notify(una)
+		}
 		return
 	}
 	if seg.Flags&(tcp.FlagSYN|tcp.FlagACK|tcp.FlagRST) == tcp.FlagSYN && seg.Flags&tcp.FlagFIN == 0 {
@@ -292,8 +296,12 @@ type endpoint struct {
 	// main's copy ended (see Standby), nil otherwise.
 	goneErr error
 	replica *Replica // when replicated (main)
-	held    []byte   // a hot standby application's writes beyond the main's
-	appNext tcp.Seq  // where the hot standby application's next byte goes
+	// onAcked, if set (Conn.OnAcked), hears of every advance of SND.UNA
+	// past lastUna.
+	onAcked func(tcp.Seq)
+	lastUna tcp.Seq
+	held    []byte  // a hot standby application's writes beyond the main's
+	appNext tcp.Seq // where the hot standby application's next byte goes
 	// A hot standby application's Close or CloseWrite, held until the
 	// connection goes live (the main's close is the one the client gets).
 	appClosed, appWriteClosed bool
@@ -397,6 +405,21 @@ func (ep *endpoint) afterLocked(now time.Time) {
 			ep.timer.Reset(d.Sub(now))
 		}
 	}
+}
+
+// ackedLocked returns the OnAcked callback and the new SND.UNA when the
+// peer's acknowledgements moved since the last call (nil otherwise), to
+// call once the lock is released.
+func (ep *endpoint) ackedLocked() (func(tcp.Seq), tcp.Seq) {
+	if ep.onAcked == nil {
+		return nil, 0
+	}
+	una := ep.c.SndUna()
+	if una == ep.lastUna {
+		return nil, 0
+	}
+	ep.lastUna = una
+	return ep.onAcked, una
 }
 
 // releaseListener gives back the SYN backlog place of a connection that

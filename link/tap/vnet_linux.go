@@ -108,14 +108,28 @@ type vnetIO struct {
 	wfn  func(uintptr) bool
 }
 
+// init binds the read and write functions once (no closure allocated per
+// frame).
+//
+// They make raw system calls, which the Go scheduler does not see. The
+// descriptor is non-blocking, so neither call ever waits: a read with no
+// frame returns EAGAIN (the poller then parks the goroutine), and a write
+// only does work, although a write delivers the frame through the
+// bridge, and often into the receiving stack, before it returns, tens of
+// microseconds. Announced to the scheduler (unix.Syscall), such a call
+// lets the runtime's monitor hand the goroutine's P to another thread and
+// keeps the monitor waking every 20 µs; on a virtual machine, where every
+// thread switch is expensive, that was most of a replicated round trip's
+// CPU time (BENCHMARKS.md, "Replication cost"). gVisor's fdbased link
+// writes with raw calls for the same reason.
 func (v *vnetIO) init() {
 	v.rfn = func(fd uintptr) bool {
-		n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&v.riov[0])), 2)
+		n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&v.riov[0])), 2)
 		v.rn, v.rerr = int(n), e
 		return e != unix.EAGAIN
 	}
 	v.wfn = func(fd uintptr) bool {
-		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&v.wiov[0])), 2)
+		n, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&v.wiov[0])), 2)
 		v.wn, v.werr = int(n), e
 		return e != unix.EAGAIN
 	}

@@ -22,6 +22,11 @@ type Config struct {
 	DisableWindowScaling, DisableSACK, DisableTimestamps bool
 	// DelayedACK is the longest an ACK waits; default 40 ms (Linux's minimum).
 	DelayedACK time.Duration
+	// QuickACK acknowledges every in-order data segment at once, like
+	// Linux's TCP_QUICKACK held on. For a connection whose peer acts on
+	// our acknowledgements (the failover sync channel: the main's output
+	// waits for them), a delayed ACK is added latency.
+	QuickACK bool
 	// InitialRTO, MinRTO, MaxRTO bound the retransmission timeout;
 	// defaults 1 s (RFC 6298), 200 ms and 120 s (Linux's).
 	InitialRTO, MinRTO, MaxRTO time.Duration

@@ -881,7 +881,7 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 			c.events |= EventReadable
 			c.segsSinceAck++
 			switch {
-			case hadOOO || c.quickAcks > 0 || c.segsSinceAck >= 2 || len(payload) > c.mss():
+			case hadOOO || c.cfg.QuickACK || c.quickAcks > 0 || c.segsSinceAck >= 2 || len(payload) > c.mss():
 				// (A payload above the MSS is several segments the
 				// link glued together: it counts as two.)
 				// Every second full segment (RFC 9293 3.8.6.3), at
@@ -925,3 +925,7 @@ func (c *Conn) addOOO(r seqRange) {
 // the owner should call at once, as Linux's TCP_NODELAY pushes pending
 // data.
 func (c *Conn) SetNoDelay(noDelay bool) { c.cfg.NoDelay = noDelay }
+
+// SndUna is the oldest unacknowledged sequence number: the peer has
+// acknowledged everything before it.
+func (c *Conn) SndUna() Seq { return c.sndUna }
