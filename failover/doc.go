@@ -124,9 +124,11 @@
 // instead would look like a dead main to the backup.
 //
 // Liveness: every frame from the peer counts, and so do bytes the stack
-// has received on the sync connection that the reader has not parsed yet
+// has received on the sync connection that the reader has not parsed yet,
+// and the peer's TCP acknowledgements of new bytes of ours
 // (RoleMachine.PeerActivity), so that a node too busy to read does not
-// declare a live peer dead. A starved peer that sends nothing for the
+// declare a live peer dead, nor a main a backup that is late with its
+// heartbeats while it keeps up with a bulk transfer. A starved peer that sends nothing for the
 // whole detection window still looks dead: choose heartbeat_timer x
 // heartbeat_misses above the machines' scheduling delays.
 //

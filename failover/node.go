@@ -191,9 +191,14 @@ func (n *Node) renewLease(now time.Time) (time.Time, bool) {
 // connection says of the peer. The caller holds n.mu.
 func (n *Node) tickLocked(now time.Time) {
 	if s := n.sess; s != nil {
-		// Bytes the reader has not got to yet prove the peer alive.
+		// Bytes the reader has not got to yet prove the peer alive, and
+		// so do its acknowledgements of ours: a backup busy applying a
+		// bulk transfer may be late with its heartbeats, not with them.
 		if at := s.c.LastDataReceived(); !at.IsZero() {
 			n.rm.PeerActivity(now, at)
+		}
+		if ns := s.ackedAt.Load(); ns != 0 {
+			n.rm.PeerActivity(now, time.Unix(0, ns))
 		}
 		if !s.caughtUp() {
 			// Bytes it has not applied may be replication the main
@@ -470,6 +475,7 @@ type session struct {
 	// lastUna is the SND.UNA that count stands at.
 	queued, acked uint64
 	lastUna       tcp.Seq
+	ackedAt       atomic.Int64 // when the peer last acknowledged new bytes (Unix ns)
 	// Effects of frames we sent, applied when the peer acknowledges them.
 	effects []effect
 	// onAcked's scratch space for applyEffects.
@@ -784,6 +790,7 @@ func (s *session) handle(m *Message) error {
 // runs in the stack's input goroutine, without a hop to another one:
 // this is the latency of every replicated round trip.
 func (s *session) onAcked(una tcp.Seq) {
+	s.ackedAt.Store(time.Now().UnixNano())
 	s.mu.Lock()
 	s.acked += uint64(una.Sub(s.lastUna))
 	s.lastUna = una
