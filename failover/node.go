@@ -460,14 +460,15 @@ func (n *Node) connectLoop(ctx context.Context) {
 // connection. A hook callback so ships a change straight from its scratch
 // copy, and the order of the frames is the order of the sends.
 type session struct {
-	n     *Node
-	c     *stack.Conn
-	codec *Session
-	mu    sync.Mutex
-	cond  *sync.Cond
-	done  bool
-	out   []byte // encoded frames, waiting for the writer
-	spare []byte // the writer's previous buffer, reused
+	n        *Node
+	c        *stack.Conn
+	codec    *Session
+	mu       sync.Mutex
+	cond     *sync.Cond
+	gateCond *sync.Cond // gateLoop waits on it
+	done     bool
+	out      []byte // encoded frames, waiting for the writer
+	spare    []byte // the writer's previous buffer, reused
 	// frames counts the frames in out.
 	frames int
 	// queued counts the bytes of the stream encoded so far (the HELLO
@@ -478,9 +479,11 @@ type session struct {
 	ackedAt       atomic.Int64 // when the peer last acknowledged new bytes (Unix ns)
 	// Effects of frames we sent, applied when the peer acknowledges them.
 	effects []effect
-	// onAcked's scratch space for applyEffects.
-	gates     []gateEffect
-	gateIndex map[*stack.Replica]int
+	// onAcked's and the gate goroutine's scratch spaces for applyEffects.
+	inline, bg gateScratch
+	// offloaded are acknowledged effects too many to apply in the input
+	// goroutine, waiting for the gate goroutine (gateLoop).
+	offloaded []effect
 	// handled is the end of the stream the reader has read and handled
 	// (a tcp.Seq, see caughtUp).
 	handled atomic.Uint32
@@ -558,6 +561,7 @@ func (s *session) sendAs(epoch uint64, m Message, eff effect) {
 		// rather than send a stream the peer cannot follow.
 		s.done = true
 		s.cond.Broadcast()
+		s.gateCond.Broadcast()
 		s.mu.Unlock()
 		s.n.log.Error("sync: encode", "msg", m.String(), "err", err)
 		s.c.Close()
@@ -578,6 +582,7 @@ func (n *Node) runSession(ctx context.Context, c *stack.Conn) {
 	n.stats.Sessions.Add(1)
 	s := &session{n: n, c: c, codec: NewSession(n.key, NewNonce())}
 	s.cond = sync.NewCond(&s.mu)
+	s.gateCond = sync.NewCond(&s.mu)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	defer c.Close()
@@ -601,15 +606,20 @@ func (n *Node) runSession(ctx context.Context, c *stack.Conn) {
 		return
 	}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		s.writeLoop()
+	}()
+	go func() {
+		defer wg.Done()
+		s.gateLoop()
 	}()
 	s.readLoop()
 	s.mu.Lock()
 	s.done = true
 	s.cond.Broadcast()
+	s.gateCond.Broadcast()
 	s.mu.Unlock()
 	c.Close()
 	wg.Wait()
@@ -801,8 +811,42 @@ func (s *session) onAcked(una tcp.Seq) {
 	// Later sends append after s.effects[i:], never over done.
 	done := s.effects[:i]
 	s.effects = s.effects[i:]
+	if len(done) > maxInlineEffects {
+		// A bulk transfer's worth: the gate goroutine applies it, on
+		// the other core, while this one goes on with the input.
+		s.offloaded = append(s.offloaded, done...)
+		s.gateCond.Signal()
+		s.mu.Unlock()
+		return
+	}
 	s.mu.Unlock()
-	s.applyEffects(done)
+	s.inline.apply(done)
+}
+
+// maxInlineEffects is the most acknowledged effects onAcked applies
+// itself. A request/response round trip has one or two, and applying them
+// at once is the point; a bulk transfer's acknowledgement can cover
+// dozens, and applying those in the input goroutine held up the input.
+// The order does not matter: a gate only grows.
+const maxInlineEffects = 4
+
+// gateLoop applies the effects onAcked offloads.
+func (s *session) gateLoop() {
+	var done []effect
+	for {
+		s.mu.Lock()
+		for len(s.offloaded) == 0 && !s.done {
+			s.gateCond.Wait()
+		}
+		if s.done {
+			s.mu.Unlock()
+			return
+		}
+		done, s.offloaded = s.offloaded, done[:0]
+		s.mu.Unlock()
+		s.bg.apply(done)
+		clear(done) // drop the references to the connections
+	}
 }
 
 // caughtUp reports whether the reader has handled everything that has
@@ -812,26 +856,31 @@ func (s *session) caughtUp() bool {
 	return uint32(arrived) == s.handled.Load()
 }
 
-// applyEffects applies acknowledged effects with one gate update per
-// connection. Only onAcked calls it, in order (the stack's input
-// goroutine), so the scratch space is the session's.
-func (s *session) applyEffects(done []effect) {
-	if s.gateIndex == nil {
-		s.gateIndex = make(map[*stack.Replica]int)
+// gateScratch is the reusable space of one goroutine that applies
+// effects (onAcked's, in the input goroutine, or gateLoop's).
+type gateScratch struct {
+	gates []gateEffect
+	index map[*stack.Replica]int
+}
+
+// apply applies acknowledged effects with one gate update per connection.
+func (g *gateScratch) apply(done []effect) {
+	if g.index == nil {
+		g.index = make(map[*stack.Replica]int)
 	}
-	gates := s.gates[:0]
+	gates := g.gates[:0]
 	for _, e := range done {
-		if i, ok := s.gateIndex[e.gate.r]; ok {
+		if i, ok := g.index[e.gate.r]; ok {
 			gates[i].merge(e.gate)
 		} else {
-			s.gateIndex[e.gate.r] = len(gates)
+			g.index[e.gate.r] = len(gates)
 			gates = append(gates, e.gate)
 		}
 	}
-	for _, g := range gates {
-		g.apply()
+	for _, ge := range gates {
+		ge.apply()
 	}
-	clear(s.gateIndex)
+	clear(g.index)
 	clear(gates) // drop the references to the connections
-	s.gates = gates[:0]
+	g.gates = gates[:0]
 }
