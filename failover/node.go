@@ -179,18 +179,28 @@ func (n *Node) wake() {
 // renewLease is the stack's lease callback for the service address: the
 // role machine sees the time now, before anything leaves.
 func (n *Node) renewLease(now time.Time) (time.Time, bool) {
+	n.tick(now)
 	n.mu.Lock()
-	n.tickLocked(now)
 	lease := n.rm.OutputLease()
 	n.mu.Unlock()
 	n.wake() // whatever the tick decided, the driver carries out
 	return lease, !lease.IsZero() && now.Before(lease)
 }
 
-// tickLocked tells the role machine the time, after what the sync
-// connection says of the peer. The caller holds n.mu.
-func (n *Node) tickLocked(now time.Time) {
-	if s := n.sess; s != nil {
+// tick tells the role machine the time, after what the sync connection
+// says of the peer.
+func (n *Node) tick(now time.Time) {
+	// Whether the reader has caught up is read outside n.mu: nothing
+	// calls into a connection while holding it (lock order,
+	// replicate.go). It may be stale by the time n.mu is held again; a
+	// reader that catches up meanwhile only defers a takeover one tick.
+	n.mu.Lock()
+	s := n.sess
+	n.mu.Unlock()
+	behind := s != nil && !s.caughtUp()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s != nil && s == n.sess {
 		// Bytes the reader has not got to yet prove the peer alive, and
 		// so do its acknowledgements of ours: a backup busy applying a
 		// bulk transfer may be late with its heartbeats, not with them.
@@ -200,7 +210,7 @@ func (n *Node) tickLocked(now time.Time) {
 		if ns := s.ackedAt.Load(); ns != 0 {
 			n.rm.PeerActivity(now, time.Unix(0, ns))
 		}
-		if !s.caughtUp() {
+		if behind {
 			// Bytes it has not applied may be replication the main
 			// counts as held: no takeover before they are applied.
 			n.rm.PeerUnapplied(now)
@@ -234,9 +244,7 @@ func (n *Node) Run(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		now := time.Now()
-		n.mu.Lock()
-		n.tickLocked(now)
-		n.mu.Unlock()
+		n.tick(now)
 		if err := n.applyReady(now); err != nil {
 			return err
 		}

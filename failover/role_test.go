@@ -1117,6 +1117,21 @@ func TestPausedMainAloneResumesAfterTwoWindows(t *testing.T) {
 // one window, before two), stands down without ever having released
 // output: no Ready that serves (and so announces the service address)
 // between the wake-up and the stand-down.
+// wokenMain is a main that served for 5 ms and then slept 10 s (a
+// SIGSTOP): it returns the script, the wake-up time and the Ready of the
+// wake-up tick (which holds output and pings).
+func wokenMain(t *testing.T, iv time.Duration) (*roleScript, time.Time, Ready) {
+	t.Helper()
+	s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
+	s.tickUntil(tAt(5*msec), nil)
+	wake := tAt(5*msec + 10*time.Second)
+	rd := s.tick(wake)
+	if !rd.HoldOutput || rd.Ping == 0 {
+		t.Fatalf("woken main: %+v", rd)
+	}
+	return s, wake, rd
+}
+
 func TestPausedMainLateAnswer(t *testing.T) {
 	const iv = 10 * msec
 	const w = 3 * iv
@@ -1128,13 +1143,7 @@ func TestPausedMainLateAnswer(t *testing.T) {
 		{"higher epoch, fresh pong", func(p uint64) PeerMsg { return peerMsgOf(RoleStandalone, 1, true).pong(p) }},
 	} {
 		t.Run(answer.name, func(t *testing.T) {
-			s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
-			s.tickUntil(tAt(5*msec), nil)
-			wake := tAt(5*msec + 10*time.Second)
-			rd := s.tick(wake)
-			if !rd.HoldOutput || rd.Ping == 0 {
-				t.Fatalf("%+v", rd)
-			}
+			s, wake, rd := wokenMain(t, iv)
 			at := wake.Add(w + w/2)
 			s.tickUntil(at, func(now time.Time, rd Ready) {
 				if !rd.HoldOutput {
@@ -1155,10 +1164,8 @@ func TestPausedMainLateAnswer(t *testing.T) {
 	// The backup is alive and its fresh PONG comes as late: the main
 	// resumes on it, not before.
 	t.Run("still backup, fresh pong", func(t *testing.T) {
-		s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
-		s.tickUntil(tAt(5*msec), nil)
-		wake := tAt(5*msec + 10*time.Second)
-		probe := s.tick(wake).Ping
+		s, wake, rd := wokenMain(t, iv)
+		probe := rd.Ping
 		at := wake.Add(w + w/2)
 		s.advance(at)
 		s.expect(RoleStandalone, 0, true) // its backup went silent too
@@ -1175,10 +1182,8 @@ func TestPausedMainLateAnswer(t *testing.T) {
 func TestPausedMainSilenceRestartsOnAnyMessage(t *testing.T) {
 	const iv = 10 * msec
 	const w = 3 * iv
-	s := serveAsMain(t, roleCfg(false, true, iv, 3), tStart)
-	s.tickUntil(tAt(5*msec), nil)
-	wake := tAt(5*msec + 10*time.Second)
-	probe := s.tick(wake).Ping
+	s, wake, rd := wokenMain(t, iv)
+	probe := rd.Ping
 	at := wake.Add(w + w/2)
 	s.advance(at)
 	for _, msg := range []PeerMsg{fromBackup(0).ping(40), fromBackup(0).pong(probe - 1), fromBackup(0)} {
