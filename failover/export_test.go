@@ -10,3 +10,11 @@ func (n *Node) SetTestBeforeBatch(f func()) {
 	}
 	n.testBeforeBatch.Store(&f)
 }
+
+// SetMaxHeldIn lowers the bound on a lagging standby's held bytes for
+// one test.
+func SetMaxHeldIn(t interface{ Cleanup(func()) }, n int) {
+	old := maxHeldIn
+	maxHeldIn = n
+	t.Cleanup(func() { maxHeldIn = old })
+}

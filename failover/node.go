@@ -300,10 +300,10 @@ func (n *Node) applyReady(now time.Time) error {
 		return ErrStoodDown
 	}
 	if rd.TakeOver {
-		n.takeOver(now, rd.Epoch)
+		n.takeOver(now, rd.Epoch, rd.Silence)
 	}
 	if rd.Unprotected {
-		n.unprotect()
+		n.unprotect(rd.Silence)
 	}
 	if rd.Protected {
 		n.protect()
@@ -351,7 +351,7 @@ func (n *Node) setHold(hold bool) {
 }
 
 // takeOver is the backup becoming the server (doc.go, "Takeover").
-func (n *Node) takeOver(now time.Time, epoch uint64) {
+func (n *Node) takeOver(now time.Time, epoch uint64, silence time.Duration) {
 	n.stats.Takeovers.Add(1)
 	start := time.Now()
 	if err := n.st.AddAddress(n.svc); err != nil && !n.st.HasAddress(n.svc) {
@@ -375,18 +375,30 @@ func (n *Node) takeOver(now time.Time, epoch uint64) {
 		}
 		live++
 	}
-	n.log.Warn("took over the service", "addr", n.svc, "epoch", epoch, "connections", live, "took", time.Since(start))
+	n.log.Warn("took over the service", "addr", n.svc, "epoch", epoch, "connections", live, "took", time.Since(start), "main_silent", silence)
 }
 
 // unprotect: the backup is gone; the main serves alone, gates open.
-func (n *Node) unprotect() {
+// silence is how long the backup had been silent.
+func (n *Node) unprotect(silence time.Duration) {
 	n.st.SetReplicationHook(nil)
 	n.mu.Lock()
 	mains := n.mains
 	n.mains = make(map[tcp.FourTuple]*mainConn)
 	sess := n.sess
 	n.mu.Unlock()
+	attrs := []any{"connections", len(mains), "backup_silent", silence}
 	if sess != nil {
+		// What the sync connection looked like says whether the backup
+		// was gone or only slow (its window shut, say).
+		now := time.Now()
+		attrs = append(attrs, "sync", sess.c.Info().String())
+		if at := sess.c.LastDataReceived(); !at.IsZero() {
+			attrs = append(attrs, "sync_last_data", now.Sub(at))
+		}
+		if ns := sess.ackedAt.Load(); ns != 0 {
+			attrs = append(attrs, "sync_last_ack", now.Sub(time.Unix(0, ns)))
+		}
 		// A backup that comes back must start a new session, in which it
 		// drops its copies of connections that now run unprotected.
 		sess.c.Close()
@@ -394,7 +406,7 @@ func (n *Node) unprotect() {
 	for _, m := range mains {
 		m.detach()
 	}
-	n.log.Warn("backup lost: serving unprotected", "connections", len(mains))
+	n.log.Warn("backup lost: serving unprotected", attrs...)
 }
 
 // protect: a backup joined; replicate to it from now on.

@@ -364,3 +364,43 @@ func TestBackupAppliesBeforeTakingOver(t *testing.T) {
 	echo("after the takeover\n")
 	require.Zero(t, backupNode.Stack().TCPStats().Diverged)
 }
+
+// TestLaggingStandbyIsDropped: the backup's application accepts a
+// connection and never reads it, so the inbound bytes the main ships
+// pile up on the backup. Past the bound the backup drops that copy (the
+// connection goes on unprotected) instead of holding more: the client
+// gets every byte echoed and the session, with its heartbeats, lives on.
+func TestLaggingStandbyIsDropped(t *testing.T) {
+	failover.SetMaxHeldIn(t, 256<<10)
+	neverReads := func(nodes chan<- *rfsis.Node) rfsis.App {
+		return func(ctx context.Context, n *rfsis.Node) error {
+			l, err := n.Listen()
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			nodes <- n
+			return rfsis.Serve(ctx, l, func(c net.Conn) { <-ctx.Done() })
+		}
+	}
+	_, client, mainNode, backupNode, _ := pairUpWith(t, echoApp, neverReads)
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	data := make([]byte, 4<<20) // the standby's buffer, then the bound, then more
+	for i := range data {
+		data[i] = byte(i * 5 / 3)
+	}
+	go c.Write(data)
+	got := make([]byte, len(data))
+	_, err := io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(data, got), "echo differs")
+	mst, bst := mainNode.Failover().Stats(), backupNode.Failover().Stats()
+	require.Eventually(t, func() bool { return mst.ConnsDropped.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the main learns that the backup dropped the lagging copy")
+	require.Equal(t, uint64(1), bst.ConnsDropped.Load())
+	require.Equal(t, uint64(1), bst.Sessions.Load(), "the session survived")
+	require.Zero(t, mainNode.Failover().ProtectedConns())
+	r, _ := mainNode.Failover().Role()
+	require.Equal(t, failover.RoleMain, r)
+}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/zppratt/rfsis/internal/bytequeue"
 	"github.com/zppratt/rfsis/stack"
 	"github.com/zppratt/rfsis/stack/tcp"
 )
@@ -253,9 +254,11 @@ func (n *Node) dropStandby(s *session, m *Message, why error) {
 
 // backupConn is the backup's record of one standby connection.
 type backupConn struct {
-	sb      *stack.Standby
-	mu      sync.Mutex // the reader and the retry loop both deliver
-	pending []byte     // inbound bytes held, waiting for buffer space
+	sb *stack.Standby
+	mu sync.Mutex // the reader, the application's reads and the retry loop deliver
+	// pending are inbound bytes held, waiting for room in the standby's
+	// buffer.
+	pending bytequeue.Queue
 	prog    tcp.Progress
 	hasProg bool // prog holds an ACKED (IN can come first)
 	// progNew: prog has not been applied since it arrived or since bytes
@@ -267,18 +270,18 @@ type backupConn struct {
 // its buffer allows, then applies the latest progress (which may place a
 // FIN after them), and keeps the node's list of copies with bytes held.
 func (n *Node) deliverLocked(b *backupConn) error {
-	if len(b.pending) > 0 {
-		k, err := b.sb.Receive(b.sb.ReceivedEnd(), b.pending)
+	if b.pending.Len() > 0 {
+		k, err := b.sb.Receive(b.sb.ReceivedEnd(), b.pending.Bytes())
 		if err != nil {
 			return err
 		}
 		if k > 0 {
-			b.pending = b.pending[:copy(b.pending, b.pending[k:])]
+			b.pending.Consume(k)
 			b.progNew = true
 		}
 	}
 	n.mu.Lock()
-	if len(b.pending) > 0 {
+	if b.pending.Len() > 0 {
 		n.waiting[b] = struct{}{}
 	} else {
 		delete(n.waiting, b)
@@ -333,8 +336,17 @@ func (n *Node) applyReplication(m *Message) error {
 			return err
 		}
 		n.stats.StandbysAdopted.Add(1)
+		b := &backupConn{sb: sb}
+		// Held bytes go in as soon as the application makes room.
+		sb.OnRead(func() {
+			b.mu.Lock()
+			if b.pending.Len() > 0 {
+				n.deliverLocked(b) // an error surfaces with the next message
+			}
+			b.mu.Unlock()
+		})
 		n.mu.Lock()
-		n.standbys[m.Conn] = &backupConn{sb: sb}
+		n.standbys[m.Conn] = b
 		n.mu.Unlock()
 		return nil
 	}
@@ -348,11 +360,11 @@ func (n *Node) applyReplication(m *Message) error {
 	case MsgIn:
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if want := b.sb.ReceivedEnd().Add(uint32(len(b.pending))); m.DataSeq != want {
+		if want := b.sb.ReceivedEnd().Add(uint32(b.pending.Len())); m.DataSeq != want {
 			return fmt.Errorf("IN at %d, expected %d", m.DataSeq, want)
 		}
 		data := m.Data
-		if len(b.pending) == 0 {
+		if b.pending.Len() == 0 {
 			// Straight into the standby; only what does not fit waits.
 			k, err := b.sb.Receive(m.DataSeq, data)
 			if err != nil {
@@ -361,7 +373,10 @@ func (n *Node) applyReplication(m *Message) error {
 			data = data[k:]
 			b.progNew = b.progNew || k > 0
 		}
-		b.pending = append(b.pending, data...)
+		if b.pending.Len()+len(data) > maxHeldIn {
+			return fmt.Errorf("%w: %d bytes held", errStandbyLags, b.pending.Len()+len(data))
+		}
+		b.pending.Append(data)
 		return n.deliverLocked(b)
 	case MsgOut:
 		k, err := b.sb.Written(m.DataSeq, m.Data)
@@ -389,8 +404,20 @@ func (n *Node) applyReplication(m *Message) error {
 	return nil
 }
 
-// retryLoop delivers held inbound bytes as standby applications read:
-// only the copies with bytes held, so that idle ones cost nothing.
+// maxHeldIn bounds the inbound bytes held for one standby whose
+// application lags behind the main's. Past it the copy is dropped (the
+// connection goes on unprotected, dropStandby) rather than let a slow
+// backup exhaust its memory; holding up the sync stream instead would
+// hold up every connection and the heartbeats with it. (A variable for
+// the tests.)
+var maxHeldIn = 64 << 20
+
+// errStandbyLags reports a standby dropped for lagging (maxHeldIn).
+var errStandbyLags = errors.New("the standby's application lags too far behind the main's")
+
+// retryLoop delivers held inbound bytes as standby applications read,
+// should a read's own delivery (Standby.OnRead) have failed to take
+// them: only the copies with bytes held, so that idle ones cost nothing.
 func (n *Node) retryLoop(ctx interface{ Done() <-chan struct{} }) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()

@@ -332,6 +332,10 @@ type Ready struct {
 	// joined or came back): replicate to it (a returning backup needs the
 	// whole state again).
 	Protected bool
+	// Silence, with TakeOver or Unprotected, is how long the peer had
+	// gone without a sign of life when the machine decided: the log's
+	// answer to "why".
+	Silence time.Duration
 	// ConfigError, when not nil, reports that the peer is configured
 	// with the same "backup" setting. It wraps ErrSameBackupSetting.
 	ConfigError error
@@ -388,7 +392,10 @@ type RoleMachine struct {
 	// last message from a Backup peer.
 	mainSeen   time.Time
 	backupSeen time.Time
-	sawMain    bool // this backup has heard a serving peer
+	// silence is the silence behind the latest takeover or loss of the
+	// backup (Ready.Silence).
+	silence time.Duration
+	sawMain bool // this backup has heard a serving peer
 
 	// Holds. A Joining node always holds; suspect applies to any role.
 	suspect   bool      // after a pause: waiting for a fresh PONG
@@ -496,10 +503,12 @@ func (m *RoleMachine) Tick(now time.Time) {
 	switch m.role {
 	case RoleBackup:
 		if !now.Before(m.takeOverAt()) {
+			m.silence = now.Sub(m.mainSeen)
 			m.takeOver()
 		}
 	case RoleMain:
 		if !now.Before(m.backupSeen.Add(m.detect)) {
+			m.silence = now.Sub(m.backupSeen)
 			m.role = RoleStandalone
 		}
 	}
@@ -802,6 +811,7 @@ func (m *RoleMachine) Ready() Ready {
 		TakeOver:    m.pend.takeOver,
 		StandDown:   m.pend.standDown,
 		ConfigError: m.pend.configErr,
+		Silence:     m.silence,
 		// Protection changes are reported against what the driver last
 		// saw, so Main->Standalone->Main between two Readys is nothing
 		// to do for the gates.

@@ -568,6 +568,9 @@ func testBackupDetects(t *testing.T, iv time.Duration, misses int, mainHB bool, 
 		rd := s.tick(now)
 		if rd.TakeOver {
 			took = now
+			if rd.Silence != now.Sub(last) {
+				t.Fatalf("Silence %v, want %v (since the main's last message)", rd.Silence, now.Sub(last))
+			}
 		} else if rd.Ping != 0 && !mainHB && !now.After(death) {
 			hear(now, fromMain(0).pong(rd.Ping))
 		}
@@ -654,6 +657,9 @@ func TestMainLosesAndRegainsBackup(t *testing.T) {
 					lost = now
 					if rd.Role != RoleStandalone || rd.HoldOutput {
 						t.Fatalf("after losing the backup: %+v", rd)
+					}
+					if rd.Silence != now.Sub(last) {
+						t.Fatalf("Silence %v, want %v (since the backup's last message)", rd.Silence, now.Sub(last))
 					}
 				}
 				if now.After(tAt(time.Second)) {

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zppratt/rfsis/internal/bytequeue"
 	"github.com/zppratt/rfsis/stack/tcp"
 )
 
@@ -262,15 +263,15 @@ func (sb *Standby) Written(seq tcp.Seq, data []byte) (int, error) {
 	var diverged error
 	// held holds the application's bytes [appNext-len(held), appNext),
 	// all beyond what the main had shipped when they were written.
-	hs := ep.appNext - tcp.Seq(len(ep.held))
-	if end := seq.Add(uint32(n)); len(ep.held) > 0 && end.Greater(hs) && !hs.Less(seq) {
-		k := min(len(ep.held), int(end.Sub(hs)))
+	hs := ep.appNext - tcp.Seq(ep.held.Len())
+	if end := seq.Add(uint32(n)); ep.held.Len() > 0 && end.Greater(hs) && !hs.Less(seq) {
+		k := min(ep.held.Len(), int(end.Sub(hs)))
 		off := int(hs.Sub(seq))
-		if !bytes.Equal(ep.held[:k], data[off:off+k]) {
+		if !bytes.Equal(ep.held.Bytes()[:k], data[off:off+k]) {
 			diverged = ErrDiverged
 			ep.t.n.diverged.Add(1)
 		}
-		ep.held = ep.held[:copy(ep.held, ep.held[k:])]
+		ep.held.Consume(k)
 	}
 	ep.afterLocked(time.Now())
 	return n, diverged
@@ -330,7 +331,7 @@ func (ep *endpoint) holdStandbyWriteLocked(p []byte) (int, error) {
 	}
 	mainEnd := ep.c.WrittenEnd()
 	covered := 0
-	if len(ep.held) == 0 && mainEnd.Greater(ep.appNext) {
+	if ep.held.Len() == 0 && mainEnd.Greater(ep.appNext) {
 		covered = min(len(p), int(mainEnd.Sub(ep.appNext)))
 		// Compare with the main's bytes the standby still holds: the
 		// client may have acknowledged, and so trimmed, the oldest.
@@ -346,8 +347,8 @@ func (ep *endpoint) holdStandbyWriteLocked(p []byte) (int, error) {
 			}
 		}
 	}
-	n := covered + min(len(p)-covered, max(ep.c.Writable()-len(ep.held), 0))
-	ep.held = append(ep.held, p[covered:n]...)
+	n := covered + min(len(p)-covered, max(ep.c.Writable()-ep.held.Len(), 0))
+	ep.held.Append(p[covered:n])
 	ep.appNext = ep.appNext.Add(uint32(n))
 	return n, nil
 }
@@ -363,17 +364,17 @@ func (ep *endpoint) flushHeldLocked(now time.Time) {
 	if ep.appClosed {
 		ep.c.CloseRead() // nobody will read
 	}
-	if len(ep.held) > 0 {
-		n, err := ep.c.Write(ep.held)
+	if ep.held.Len() > 0 {
+		n, err := ep.c.Write(ep.held.Bytes())
 		if err != nil {
-			n = len(ep.held)
+			n = ep.held.Len()
 		}
-		ep.held = ep.held[:copy(ep.held, ep.held[n:])]
-		if len(ep.held) > 0 {
+		ep.held.Consume(n)
+		if ep.held.Len() > 0 {
 			return
 		}
 	}
-	ep.held = nil // it may have held megabytes
+	ep.held = bytequeue.Queue{} // it may have held megabytes
 	switch {
 	case ep.appClosed:
 		ep.c.CloseRead()
@@ -382,6 +383,17 @@ func (ep *endpoint) flushHeldLocked(now time.Time) {
 		ep.c.CloseWrite(now)
 	}
 	ep.appClosed, ep.appWriteClosed = false, false
+}
+
+// OnRead has fn called each time the standby's application reads bytes,
+// so room was made in its receive buffer: a caller holding inbound bytes
+// that did not fit (Receive) can deliver them at once rather than poll.
+// fn runs in the application's goroutine, after the connection's lock is
+// released; it may call Receive. OnRead(nil) stops the calls.
+func (sb *Standby) OnRead(fn func()) {
+	sb.ep.mu.Lock()
+	defer sb.ep.mu.Unlock()
+	sb.ep.onRead = fn
 }
 
 // Drop ends a standby connection silently (the main's copy ended): its

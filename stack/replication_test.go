@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -309,7 +310,7 @@ func TestStandbyWritesAheadOfMain(t *testing.T) {
 	held := func() int {
 		ep.mu.Lock()
 		defer ep.mu.Unlock()
-		return len(ep.held)
+		return ep.held.Len()
 	}
 	waitFor(t, "the standby's application to write", func() bool { return held() >= 4<<20 })
 	time.Sleep(50 * time.Millisecond) // it would go on if nothing held it back
@@ -394,13 +395,14 @@ func TestGoneLiveStandbyDrainsHeld(t *testing.T) {
 			for i := range held {
 				held[i] = byte(i * 3 / 7)
 			}
-			ep.held = bytes.Clone(held)
+			ep.held.Reset()
+			ep.held.Append(held)
 			ep.appNext = ep.appNext.Add(uint32(len(held)))
 			ep.mu.Unlock()
 
 			tr.takeover(t)
 			ep.mu.Lock()
-			require.NotEmpty(t, ep.held, "everything fitted: the test tests nothing")
+			require.NotZero(t, ep.held.Len(), "everything fitted: the test tests nothing")
 			ep.mu.Unlock()
 			wrote := make(chan error, 1)
 			go func() {
@@ -461,4 +463,44 @@ func TestAdoptStandbyTakesSYNBacklog(t *testing.T) {
 	_, err = s.AdoptStandby(synReceivedSnapshot(addr, 40003), l)
 	require.ErrorIs(t, err, ErrSYNBacklogFull, "adopted for a closed listener")
 	require.Zero(t, s.TCPStats().CurrentConnections)
+}
+
+// TestStandbyOnRead: the standby's OnRead callback runs after each read
+// of its application that took bytes (and may then deliver more, which
+// it could not do under the connection's lock), and stops with
+// OnRead(nil).
+func TestStandbyOnRead(t *testing.T) {
+	tr := newTrio(t, 6)
+	c, _, cb := tr.dialAccept(t, 6)
+	tr.hook.mu.Lock()
+	require.Len(t, tr.hook.standbys, 1)
+	sb := tr.hook.standbys[0]
+	tr.hook.mu.Unlock()
+	var calls atomic.Int32
+	sb.OnRead(func() {
+		calls.Add(1)
+		sb.ReceivedEnd() // takes the connection's lock: must not be held
+	})
+	_, err := c.Write([]byte("hello"))
+	require.NoError(t, err)
+	require.NoError(t, cb.SetReadDeadline(time.Now().Add(5*time.Second)))
+	buf := make([]byte, 64)
+	n, err := cb.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, "hello", string(buf[:n]))
+	require.Equal(t, int32(1), calls.Load(), "called once for the read that took bytes")
+
+	require.NoError(t, cb.SetReadDeadline(time.Now().Add(20*time.Millisecond)))
+	_, err = cb.Read(buf)
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded)
+	require.Equal(t, int32(1), calls.Load(), "not called for a read that took nothing")
+
+	sb.OnRead(nil)
+	_, err = c.Write([]byte("again"))
+	require.NoError(t, err)
+	require.NoError(t, cb.SetReadDeadline(time.Now().Add(5*time.Second)))
+	n, err = cb.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, "again", string(buf[:n]))
+	require.Equal(t, int32(1), calls.Load(), "no calls after OnRead(nil)")
 }

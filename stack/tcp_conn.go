@@ -148,7 +148,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if n > 0 {
 			now := time.Now()
 			ep.afterLocked(now)
+			onRead := ep.onRead
 			ep.mu.Unlock()
+			if onRead != nil {
+				onRead()
+			}
 			return n, nil
 		}
 		eof, gone, err, shut := ep.c.EOF(), ep.gone, ep.c.Err(), c.readShut
@@ -189,7 +193,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		switch {
 		case ep.c.Standby():
 			n, err = ep.holdStandbyWriteLocked(p[total:])
-		case len(ep.held) > 0:
+		case ep.held.Len() > 0:
 			// Gone live with bytes still held from the standby: these
 			// wait behind them (flushHeldLocked).
 		default:
@@ -237,7 +241,7 @@ func (c *Conn) Close() error {
 			return
 		}
 		now := time.Now()
-		if ep.c.Standby() || len(ep.held) > 0 {
+		if ep.c.Standby() || ep.held.Len() > 0 {
 			// A hot standby's application closed: the main's close is the
 			// one the client gets (it arrives as progress); this one is
 			// held until the connection goes live, and then until its
@@ -265,7 +269,7 @@ func (c *Conn) CloseWrite() error {
 		ep := c.ep
 		ep.mu.Lock()
 		defer ep.mu.Unlock()
-		if ep.c.Standby() || len(ep.held) > 0 {
+		if ep.c.Standby() || ep.held.Len() > 0 {
 			// Held, as Close is, and after a standby went live until its
 			// held bytes are all in the send buffer (flushHeldLocked).
 			ep.appWriteClosed = true
@@ -419,6 +423,14 @@ func (c *Conn) ReadPos() (read, arrived tcp.Seq) {
 	defer ep.mu.Unlock()
 	arrived = ep.c.ReceivedEnd()
 	return arrived - tcp.Seq(ep.c.Readable()), arrived
+}
+
+// Info returns a snapshot of the connection's TCP state (tcp.Info).
+func (c *Conn) Info() tcp.Info {
+	ep := c.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	return ep.c.Info()
 }
 
 // SetNoDelay turns Nagle's algorithm off (true) or on.

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/zppratt/rfsis/internal/bytequeue"
 	"github.com/zppratt/rfsis/link"
 	"github.com/zppratt/rfsis/stack/tcp"
 	"github.com/zppratt/rfsis/stack/wire"
@@ -300,8 +301,11 @@ type endpoint struct {
 	// past lastUna.
 	onAcked func(tcp.Seq)
 	lastUna tcp.Seq
-	held    []byte  // a hot standby application's writes beyond the main's
-	appNext tcp.Seq // where the hot standby application's next byte goes
+	// onRead, if set (Standby.OnRead), hears of every application read
+	// that took bytes.
+	onRead  func()
+	held    bytequeue.Queue // a hot standby application's writes beyond the main's
+	appNext tcp.Seq         // where the hot standby application's next byte goes
 	// A hot standby application's Close or CloseWrite, held until the
 	// connection goes live (the main's close is the one the client gets).
 	appClosed, appWriteClosed bool
@@ -337,7 +341,7 @@ func signal(ch chan struct{}) {
 // afterLocked runs after every call into the Conn: it sends what the
 // connection wants to send, wakes waiters, and re-arms the timer.
 func (ep *endpoint) afterLocked(now time.Time) {
-	if (len(ep.held) > 0 || ep.appClosed || ep.appWriteClosed) && !ep.c.Standby() {
+	if (ep.held.Len() > 0 || ep.appClosed || ep.appWriteClosed) && !ep.c.Standby() {
 		ep.flushHeldLocked(now)
 	}
 	if ep.replica != nil {

@@ -112,12 +112,17 @@ type Conn struct {
 
 	// Receive sequence space. rcvBuf's head is rcvRead; in-order bytes
 	// end at rcvNxt; out-of-order bytes sit ahead, listed in ooo.
-	rcvNxt        Seq
-	rcvRead       Seq
-	rcvAdvEdge    Seq // right window edge we have advertised: never shrinks
-	rcvShift      uint8
-	rcvBuf        ring
-	ooo           []seqRange
+	rcvNxt     Seq
+	rcvRead    Seq
+	rcvAdvEdge Seq // right window edge we have advertised: never shrinks
+	rcvShift   uint8
+	rcvBuf     ring
+	ooo        []seqRange
+	// dsack is a duplicate that arrived, reported once in the next ACK
+	// (RFC 2883): it tells the sender its retransmission was not needed,
+	// so the duplicate ACK it rides on is no sign of a loss.
+	dsack         seqRange
+	dsackPending  bool
 	lastOOO       seqRange // most recent out-of-order arrival, SACKed first
 	rcvFinSeq     Seq
 	rcvFinKnown   bool
@@ -150,12 +155,24 @@ type Conn struct {
 	fastRexmit      bool
 	rtoRecoveryHigh Seq // retransmissions after a timeout run up to here
 
+	// Spurious timeout detection (Eifel, RFC 3522): what a timeout took
+	// away, given back if the first new acknowledgement after it echoes
+	// a timestamp older than the retransmission (undoTS), i.e. answers
+	// the original transmission: the peer was late, nothing was lost.
+	undoValid              bool
+	undoTS                 uint32
+	undoCwnd, undoSsthresh uint32
+	undoRecover            Seq
+
 	// RTT estimation (RFC 6298).
 	srtt, rttvar, rto time.Duration
 	rttTiming         bool
 	rttSeq            Seq
 	rttStart          time.Time
 	retries           int
+
+	// Counters for Info.
+	timeouts, spuriousRTOs, recoveries, rexmitSegs uint64
 
 	// Timers: the zero time is unarmed.
 	rtoAt, delackAt, persistAt, keepaliveAt, closeAt time.Time
@@ -502,6 +519,7 @@ func (c *Conn) Handle(now time.Time, seg *Segment) {
 	if !c.acceptable(seg) {
 		if !rst {
 			c.ackNow = true
+			c.noteDuplicate(seg.Seq, len(seg.Payload))
 		}
 		// RFC 9293 3.10.7.4: with our window at zero no text is
 		// acceptable, but valid ACKs must still be processed (the peer's
@@ -743,6 +761,9 @@ func (c *Conn) processAck(now time.Time, seg *Segment, wnd uint32) {
 			c.sampleRTT(now.Sub(c.rttStart))
 			c.rttTiming = false
 		}
+		if c.undoValid {
+			c.checkSpuriousRTO(seg, ack)
+		}
 		if c.dropAcked(ack) {
 			c.events |= EventWritable
 		}
@@ -846,6 +867,7 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 	}
 	if seq.Less(c.rcvNxt) { // trim what we already have
 		d := c.rcvNxt.Sub(seq)
+		c.noteDuplicate(seq, min(int(d), len(payload)))
 		if int(d) >= len(payload) {
 			payload = nil
 		} else {
@@ -909,6 +931,16 @@ func (c *Conn) processData(now time.Time, seg *Segment) {
 	}
 }
 
+// noteDuplicate records that the n bytes from seq arrived again, for the
+// next ACK's D-SACK block. Only bytes below RCV.NXT count.
+func (c *Conn) noteDuplicate(seq Seq, n int) {
+	if !c.sackOK || n <= 0 || !seq.Less(c.rcvNxt) {
+		return
+	}
+	c.dsack = seqRange{seq, seqMin(seq.Add(uint32(n)), c.rcvNxt)}
+	c.dsackPending = true
+}
+
 // maxOOO bounds the out-of-order list: a peer cannot make us keep more
 // ranges than this; segments making more are dropped (and resent later).
 const maxOOO = 64
@@ -929,3 +961,47 @@ func (c *Conn) SetNoDelay(noDelay bool) { c.cfg.NoDelay = noDelay }
 // SndUna is the oldest unacknowledged sequence number: the peer has
 // acknowledged everything before it.
 func (c *Conn) SndUna() Seq { return c.sndUna }
+
+// Info is a snapshot of a connection's send and receive state, as
+// Linux's TCP_INFO gives one: for logs and status pages, not for
+// decisions.
+type Info struct {
+	State State
+	// SndUna, SndNxt: the oldest unacknowledged and the next new byte.
+	SndUna, SndNxt Seq
+	// SndWnd is the peer's latest window; Cwnd the congestion window.
+	SndWnd, Cwnd uint32
+	// Unacked is the bytes written and not yet acknowledged, sent or not.
+	Unacked int
+	// Unread is the bytes received in order and not yet read.
+	Unread int
+	// RTO, SRTT: the retransmission timeout and the smoothed round trip.
+	RTO, SRTT time.Duration
+	// Retries counts the consecutive timeouts without progress.
+	Retries int
+	// ProbesOut counts the window probes unanswered by an open window.
+	ProbesOut int
+	// Timeouts, Recoveries, RexmitSegs count since the connection began
+	// the retransmission timeouts, the fast recoveries entered and the
+	// segments sent again; SpuriousTimeouts, the timeouts found spurious
+	// and undone (a late peer, not a loss: see checkSpuriousRTO).
+	Timeouts, SpuriousTimeouts, Recoveries, RexmitSegs uint64
+}
+
+// Info returns the connection's state now.
+func (c *Conn) Info() Info {
+	return Info{
+		State: c.state, SndUna: c.sndUna, SndNxt: c.sndNxt,
+		SndWnd: c.sndWnd, Cwnd: c.cwnd,
+		Unacked: c.sndBuf.size, Unread: c.rcvBuf.size,
+		RTO: c.rto, SRTT: c.srtt, Retries: c.retries, ProbesOut: c.probesOut,
+		Timeouts: c.timeouts, SpuriousTimeouts: c.spuriousRTOs, Recoveries: c.recoveries, RexmitSegs: c.rexmitSegs,
+	}
+}
+
+// String renders the snapshot for a log line.
+func (i Info) String() string {
+	return fmt.Sprintf("%v una=%d nxt=%d wnd=%d cwnd=%d unacked=%d unread=%d rto=%v srtt=%v retries=%d probes=%d timeouts=%d spurious=%d recoveries=%d rexmit=%d",
+		i.State, i.SndUna, i.SndNxt, i.SndWnd, i.Cwnd, i.Unacked, i.Unread, i.RTO, i.SRTT, i.Retries, i.ProbesOut,
+		i.Timeouts, i.SpuriousTimeouts, i.Recoveries, i.RexmitSegs)
+}

@@ -96,6 +96,7 @@ func (c *Conn) onDupAck() {
 	}
 	c.ssthresh = max(c.flight()/2, 2*mss)
 	c.inRecovery = true
+	c.recoveries++
 	c.recover = c.sndNxt
 	c.recoveryRexmit = c.sndUna
 	c.fastRexmit = true
@@ -302,12 +303,20 @@ func (c *Conn) onRTO(now time.Time) {
 		return
 	}
 	c.rto = min(2*c.rto, c.cfg.MaxRTO)
+	c.timeouts++
 	c.rttTiming = false // Karn: no samples from retransmitted data
 	if c.state == StateSynSent || c.state == StateSynReceived {
 		c.synPending = true
 		return
 	}
 	mss := uint32(c.mss())
+	if c.tsOK && !c.undoValid && !c.inRecovery {
+		// The first timeout of an episode outside fast recovery: keep
+		// what it takes away, in case it proves spurious.
+		c.undoValid = true
+		c.undoTS = c.tsNow(now)
+		c.undoCwnd, c.undoSsthresh, c.undoRecover = c.cwnd, c.ssthresh, c.recover
+	}
 	if !c.inRecovery || c.retries == 1 {
 		c.ssthresh = max(c.flight()/2, 2*mss)
 	}
@@ -321,4 +330,26 @@ func (c *Conn) onRTO(now time.Time) {
 	c.sacked = c.sacked[:0]
 	c.rexmitNxt = c.sndUna
 	c.rtoRecoveryHigh = c.sndNxt
+}
+
+// checkSpuriousRTO runs on the first acknowledgement of new data after a
+// timeout (Eifel detection, RFC 3522, with the timestamp option). If it
+// echoes a timestamp older than the timeout's retransmission, it answers
+// the original transmission: the peer (or the path) was only late, as a
+// process descheduled for some milliseconds is, and nothing was lost.
+// The timeout's cuts are then undone (RFC 4015's response, as Linux's
+// undo does): the congestion state comes back and the go-back-N stops,
+// so the late peer does not cost a slow start and a resend of everything
+// in flight. The RTO itself is left to the new RTT sample, which the
+// late acknowledgement makes larger.
+func (c *Conn) checkSpuriousRTO(seg *Segment, ack Seq) {
+	c.undoValid = false
+	if !seg.HasTS || seg.TSEcr == 0 || int32(seg.TSEcr-c.undoTS) >= 0 {
+		return // the retransmission was needed, or nothing tells
+	}
+	c.spuriousRTOs++
+	c.cwnd = max(c.cwnd, c.undoCwnd)
+	c.ssthresh = max(c.ssthresh, c.undoSsthresh)
+	c.recover = c.undoRecover
+	c.rtoRecoveryHigh = ack
 }

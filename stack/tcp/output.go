@@ -120,7 +120,7 @@ func (c *Conn) emitWithAck(now time.Time, emit func(*Segment), s *Segment) {
 		s.TSEcr = c.tsRecent
 		c.tsLast = s.TSVal
 	}
-	if c.sackOK && len(c.ooo) > 0 {
+	if c.sackOK && (len(c.ooo) > 0 || c.dsackPending) {
 		c.fillSACK(s, ack)
 	}
 	c.lastAckSent = ack
@@ -165,11 +165,17 @@ func (c *Conn) windowField(ack Seq) uint16 {
 
 // fillSACK reports out-of-order ranges, the most recent arrival first
 // (RFC 2018 section 4), never beyond the gate's ACK limit: a SACKed byte
-// is one the client may never resend.
+// is one the client may never resend. A duplicate that arrived since the
+// last ACK goes first, as a D-SACK block (RFC 2883), once.
 func (c *Conn) fillSACK(s *Segment, ack Seq) {
 	maxBlocks := 4
 	if s.HasTS {
 		maxBlocks = 3
+	}
+	if c.dsackPending {
+		c.dsackPending = false
+		s.SACK[0] = SACKBlock{c.dsack.start, c.dsack.end}
+		s.NumSACK = 1
 	}
 	add := func(r seqRange) {
 		if int(s.NumSACK) >= maxBlocks || !ack.Less(r.start) {
@@ -251,6 +257,7 @@ func (c *Conn) resend(now time.Time, emit func(*Segment), seq Seq, n uint32) uin
 	n = min(n, end.Sub(seq), uint32(c.mss()))
 	fin := c.finSent && seq.Add(n) == c.finSeq
 	c.rttTiming = false // Karn
+	c.rexmitSegs++
 	c.sendData(now, emit, seq, int(n), fin)
 	if fin {
 		return n + 1
