@@ -79,6 +79,7 @@ type result struct {
 	s          Sample
 	serverCPU  time.Duration
 	machineCPU time.Duration
+	peerCPU    time.Duration    // the backup's, in BenchmarkReplicated
 	ctxsw      int64            // server context switches
 	counters   map[string]int64 // deltas of the counters that changed
 	err        error

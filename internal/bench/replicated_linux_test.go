@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -29,6 +30,18 @@ const (
 	// addAttempts bounds the restarts of the pair after the start-up race
 	// while adding the backup.
 	addAttempts = 5
+	// sliceAttempts bounds the runs of one replicated slice: a slice in
+	// which the pair broke down is discarded and run again.
+	sliceAttempts = 4
+	// benchMisses is the pair's heartbeat_misses here: 10 ms heartbeats
+	// as in the acceptance tests, but a 100 ms window. With the client,
+	// the main and the backup sharing two saturated cores, the backup's
+	// process is now and then not run for 35 ms or more (a flight-recorder
+	// trace shows no thread of it running at all), and the acceptance
+	// tests' 30 ms window makes the main drop it mid-slice in nearly every
+	// bulk slice. The detection window does not change what replication
+	// costs while the pair is healthy, which is what this measures.
+	benchMisses = 10
 )
 
 const (
@@ -47,8 +60,11 @@ type replEnv struct {
 	stackRTT  *result            // RFSIS stack round trips node 0 → node 1
 	raceRetry int                // start-up races met while adding the backup
 	// incidents are the pair's breakdowns seen after a replicated slice
-	// (the pair is then restarted).
+	// (the pair is then restarted and the slice run again).
 	incidents []string
+	// tainted counts replicated slices kept although the pair broke down
+	// in every one of their sliceAttempts runs.
+	tainted int
 }
 
 // BenchmarkReplicated measures what replication costs the echo server: the
@@ -57,7 +73,9 @@ type replEnv struct {
 // protected by a backup on a second node (replicated), in one topology and
 // with the same main process throughout. The slices run unreplicated,
 // replicated, replicated, unreplicated (the backup is added, then killed),
-// each for half of RFSIS_BENCH_DURATION (5s). It also measures a kernel TCP
+// each for half of RFSIS_BENCH_DURATION (5s); a replicated slice in which
+// the pair broke down is run again on a restarted pair. It also reports
+// the CPU the machine, the main and the backup spent per MB echoed. It also measures a kernel TCP
 // round trip between the two nodes, the unit of the issue's latency target,
 // and prints a table with the ratios.
 func BenchmarkReplicated(b *testing.B) {
@@ -70,7 +88,7 @@ func BenchmarkReplicated(b *testing.B) {
 	// The pair's configs are internal/takeover's: identical but for
 	// "backup". netns's cleanup kills the nodes.
 	tp := netns.New(b, netns.Options{Nodes: 2, NodeKernelAddrs: true})
-	e.pair = &takeover.Pair{TP: tp, Bin: bin, Dir: b.TempDir()}
+	e.pair = &takeover.Pair{TP: tp, Bin: bin, Dir: b.TempDir(), Misses: benchMisses}
 
 	e.measureNodeRTT(b)
 	e.measureStackRTT(b, bin)
@@ -87,13 +105,27 @@ func BenchmarkReplicated(b *testing.B) {
 			e.results[t.name+"/"+m] = &result{test: t.name, impl: m, rr: t.rr}
 		}
 	}
-	// ABBA over the modes, with one backup start and one backup loss.
+	// ABBA over the modes, with one backup start and one backup loss. A
+	// replicated slice counts only if the pair stayed a protected main
+	// and backup throughout: once the main has declared its backup lost
+	// it serves unprotected, and faster, so such a slice would flatter
+	// replication (BENCHMARKS.md, runs F and G).
 	for _, m := range []string{modeUnrepl, modeRepl, modeRepl, modeUnrepl} {
 		e.setMode(b, m)
 		for _, t := range tests {
-			e.measure(b, t, e.results[t.name+"/"+m])
-			if m == modeRepl {
-				e.checkPair(b, t.name)
+			r := e.results[t.name+"/"+m]
+			for attempt := 1; ; attempt++ {
+				sl := e.measure(b, t, r)
+				if m != modeRepl || !e.checkPair(b, t.name) {
+					r.addSlice(sl)
+					break
+				}
+				if attempt == sliceAttempts {
+					e.tainted++
+					r.addSlice(sl)
+					break
+				}
+				b.Logf("%s/%s slice discarded (attempt %d): the pair broke down", t.name, m, attempt)
 			}
 		}
 	}
@@ -275,11 +307,10 @@ var pairTrouble = []string{takeover.LogTookOver, takeover.LogUnprotected, "addre
 	takeover.LogStandDown, "panic:"}
 
 // checkPair, after a replicated measurement, checks that the main is still
-// protected by its backup. If not, it records what the logs say and
-// restarts the pair (a new main, then a new backup), so that a breakdown
-// does not spoil the other measurements: the rest of the replicated slice
-// runs replicated too.
-func (e *replEnv) checkPair(b *testing.B, test string) {
+// protected by its backup. If not, it records what the logs say, restarts
+// the pair (a new main, then a new backup) and reports true: the slice
+// is to be run again.
+func (e *replEnv) checkPair(b *testing.B, test string) bool {
 	time.Sleep(200 * time.Millisecond) // a takeover follows its cause by a detection window
 	var lines []string
 	for role, p := range map[string]*netns.Process{"main": e.pair.Main, "backup": e.pair.Backup} {
@@ -296,7 +327,7 @@ func (e *replEnv) checkPair(b *testing.B, test string) {
 		}
 	}
 	if len(lines) == 0 {
-		return
+		return false
 	}
 	slices.Sort(lines)
 	msg := fmt.Sprintf("after the replicated %s slice:\n%s", test, strings.Join(lines, "\n"))
@@ -304,12 +335,44 @@ func (e *replEnv) checkPair(b *testing.B, test string) {
 	b.Logf("pair broke %s; restarting it", msg)
 	e.restart(b)
 	e.addBackup(b)
+	return true
 }
 
-// measure runs one slice (half the duration) of t against the service and
-// adds it to r.
-func (e *replEnv) measure(b *testing.B, t testDef, r *result) {
+// slice is one measured slice: the client's sample and the CPU time the
+// machine, the main and the backup (if any) spent during it.
+type slice struct {
+	s                   Sample
+	machine, main, peer time.Duration
+}
+
+func (r *result) addSlice(sl slice) {
+	r.s.Add(sl.s)
+	r.machineCPU += sl.machine
+	r.serverCPU += sl.main
+	r.peerCPU += sl.peer
+}
+
+// cpuNow reads the machine's busy CPU time and the main's and backup's.
+func (e *replEnv) cpuNow(b *testing.B) (machine, main, peer time.Duration) {
+	var err error
+	if machine, err = MachineCPU(); err != nil {
+		b.Fatal(err)
+	}
+	if main, err = procCPU(e.pair.Main.Pid()); err != nil {
+		b.Fatal(err)
+	}
+	if e.pair.Backup != nil {
+		if peer, err = procCPU(e.pair.Backup.Pid()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return machine, main, peer
+}
+
+// measure runs one slice (half the duration) of t against the service.
+func (e *replEnv) measure(b *testing.B, t testDef, r *result) slice {
 	tp := e.pair.TP
+	m0, c0, p0 := e.cpuNow(b)
 	s, err := t.run(runCtx, dialer(tp.Client(), tp.ServiceAddr()), e.dur/2)
 	if err != nil {
 		if runCtx.Err() != nil {
@@ -317,8 +380,9 @@ func (e *replEnv) measure(b *testing.B, t testDef, r *result) {
 		}
 		b.Fatalf("%s/%s: %v\n%s", r.test, r.impl, err, e.tails())
 	}
-	r.s.Add(s)
+	m1, c1, p1 := e.cpuNow(b)
 	b.Logf("%s/%s slice: %d bytes, %d round trips in %v", r.test, r.impl, s.Bytes, s.Ops, s.Elapsed.Round(time.Millisecond))
+	return slice{s: s, machine: m1 - m0, main: c1 - c0, peer: p1 - p0}
 }
 
 // report renders the comparison as Markdown.
@@ -329,8 +393,8 @@ func (e *replEnv) report() string {
 	r := func(t string) *result { return e.results[t+"/"+modeRepl] }
 	e.header(&w, "Replication cost: echoserver unreplicated vs replicated")
 	p("- pair: main in %s, backup in %s (heartbeat %v, %d misses); service %s\n",
-		e.pair.TP.Node(0).Name(), e.pair.TP.Node(1).Name(), takeover.Heartbeat, takeover.Misses, e.pair.Service())
-	p("- each test: %s per mode, as unreplicated, replicated, replicated, unreplicated slices of %s, same main process; MB = 10^6 bytes\n",
+		e.pair.TP.Node(0).Name(), e.pair.TP.Node(1).Name(), takeover.Heartbeat, e.pair.Misses, e.pair.Service())
+	p("- each test: %s per mode, as unreplicated, replicated, replicated, unreplicated slices of %s, same main process unless the pair was restarted; MB = 10^6 bytes\n",
 		e.dur, e.dur/2)
 	if e.raceRetry > 0 {
 		p("- the backup start-up race happened %d time(s); the pair was restarted\n", e.raceRetry)
@@ -345,6 +409,12 @@ func (e *replEnv) report() string {
 	line("echo bulk, 1 connection, MB/s echoed", u("echo").mbps(), r("echo").mbps(), 1)
 	p("| echo: longest wait for progress, ms | %.1f | %.1f | |\n",
 		float64(u("echo").s.MaxGap.Microseconds())/1e3, float64(r("echo").s.MaxGap.Microseconds())/1e3)
+	busy := func(r *result) float64 { return r.machineCPU.Seconds() / r.s.Elapsed.Seconds() }
+	perMB := func(d time.Duration, r *result) float64 { return d.Seconds() * 1e3 / (float64(r.s.Bytes) / 1e6) }
+	line("echo: machine CPU busy, cores", busy(u("echo")), busy(r("echo")), 2)
+	line("echo: machine CPU per MB echoed, ms", perMB(u("echo").machineCPU, u("echo")), perMB(r("echo").machineCPU, r("echo")), 2)
+	p("| echo: main / backup CPU per MB echoed, ms | %.2f / – | %.2f / %.2f | |\n",
+		perMB(u("echo").serverCPU, u("echo")), perMB(r("echo").serverCPU, r("echo")), perMB(r("echo").peerCPU, r("echo")))
 
 	n, sr := e.nodeRTT, e.stackRTT
 	p("\nNode-to-node round trips, node 0 → node 1, 64 bytes, 1 connection, %v each:\n\n", nodeRTTDur)
@@ -363,14 +433,22 @@ func (e *replEnv) report() string {
 		return "NOT met"
 	}
 	if len(e.incidents) > 0 {
-		p("\nThe pair broke down %d time(s) (it was restarted each time; the measurement itself had completed):\n\n```\n%s\n```\n",
-			len(e.incidents), strings.Join(e.incidents, "\n"))
+		p("\nThe pair broke down %d time(s); each time it was restarted and the replicated slice run again (%d slice(s) kept although the pair broke in all %d runs):\n\n```\n%s\n```\n",
+			len(e.incidents), e.tainted, sliceAttempts, strings.Join(e.incidents, "\n"))
 	}
 	p("\nTargets (the issue's):\n\n")
 	p("- added latency per round trip (p50 %.1f µs, mean %.1f µs, p99 %+.1f µs) ≤ one node-to-node round trip: against the stacks' %.1f µs p50: %s; against the kernels' %.1f µs: %s\n",
 		added50, addedMean, added99, sr.percentile(0.5), verdict(added50 <= sr.percentile(0.5)),
 		n.percentile(0.5), verdict(added50 <= n.percentile(0.5)))
 	ratio := r("echo").mbps() / u("echo").mbps()
-	p("- bulk throughput ≥ 70%% of unreplicated: %.0f%%: %s\n", 100*ratio, verdict(ratio >= 0.70))
+	p("- bulk throughput ≥ 70%% of unreplicated: %.0f%%: %s", 100*ratio, verdict(ratio >= 0.70))
+	if e.tainted > 0 {
+		p(" (not trustworthy: %d replicated slice(s) ran partly unprotected)", e.tainted)
+	}
+	p("\n")
+	if b := busy(u("echo")); b > 0.9*float64(runtime.NumCPU()) {
+		p("  - the machine was CPU-bound in the unreplicated echo already (%.2f of %d cores busy): with the client, the main and the backup on the same cores the ratio measures how much more CPU a replicated byte costs (the machine CPU per MB above), not what a pair on separate machines would do\n",
+			b, runtime.NumCPU())
+	}
 	return w.String()
 }

@@ -49,6 +49,8 @@ type Pair struct {
 	Bin   string // the cmd/echoserver binary
 	Dir   string // where the nodes' config files are written
 	Debug bool   // run both nodes with debug_mode true
+	// Misses is heartbeat_misses for both nodes; Misses (3) when 0.
+	Misses int
 	// Crash is the signal of the Kill fault; SIGKILL when nil.
 	Crash os.Signal
 
@@ -68,7 +70,10 @@ func (p *Pair) Service() string {
 // WriteConfig writes the main's or the backup's config.json into dir (as
 // main.json or backup.json): the same service address, main_addr,
 // backup_addr and sync_key on both; only "backup" differs.
-func WriteConfig(dir string, tp *netns.Topology, backup, debug bool) (string, error) {
+func WriteConfig(dir string, tp *netns.Topology, backup, debug bool, misses int) (string, error) {
+	if misses == 0 {
+		misses = Misses
+	}
 	cfg := map[string]any{
 		"backup":           backup,
 		"ipv4_addr":        tp.ServiceAddr().String(),
@@ -78,7 +83,7 @@ func WriteConfig(dir string, tp *netns.Topology, backup, debug bool) (string, er
 		"netmask":          "255.255.255.0",
 		"tap_device_name":  netns.NodeTAP,
 		"heartbeat_timer":  Heartbeat.Seconds(),
-		"heartbeat_misses": Misses,
+		"heartbeat_misses": misses,
 		"sync_key":         syncKey,
 		"debug_mode":       debug,
 	}
@@ -100,7 +105,7 @@ func WriteConfig(dir string, tp *netns.Topology, backup, debug bool) (string, er
 // StartNode starts a new echoserver process as the main (node 0) or the
 // backup (node 1). It does not wait for anything.
 func (p *Pair) StartNode(backup bool) (*netns.Process, error) {
-	cfg, err := WriteConfig(p.Dir, p.TP, backup, p.Debug)
+	cfg, err := WriteConfig(p.Dir, p.TP, backup, p.Debug, p.Misses)
 	if err != nil {
 		return nil, err
 	}
