@@ -58,7 +58,11 @@
 //     SYN-ACK leaves only when the backup has acknowledged it (OpenOK).
 //  2. IN(conn id, seq, bytes): in-order inbound bytes, shipped as soon as
 //     they are in order; the ACK number on the wire never passes what the
-//     backup acknowledged (AckLimit).
+//     backup acknowledged (AckLimit). The backup holds what its standby
+//     application has no room for yet and delivers it as that
+//     application reads; a copy whose application lags by more than
+//     maxHeldIn (64 MiB) is dropped (DROPPED below) rather than held
+//     without bound, and the connection goes on unprotected.
 //  3. OUT(conn id, seq, bytes): bytes the application wrote; they go on
 //     the wire only once the backup holds them (SendLimit). The backup's
 //     own hot-standby handler writes are compared with them (divergence is
