@@ -45,17 +45,26 @@ func nodeConfig(backup bool) config.Config {
 	return c
 }
 
-// echoApp is the application on both nodes; it publishes its node.
-func echoApp(nodes chan<- *rfsis.Node) rfsis.App {
-	return func(ctx context.Context, n *rfsis.Node) error {
-		l, err := n.Listen()
-		if err != nil {
-			return err
+// listeningApp is an application that listens, publishes its node, then
+// runs serve on the listener until ctx ends.
+func listeningApp(serve func(ctx context.Context, l net.Listener) error) func(chan<- *rfsis.Node) rfsis.App {
+	return func(nodes chan<- *rfsis.Node) rfsis.App {
+		return func(ctx context.Context, n *rfsis.Node) error {
+			l, err := n.Listen()
+			if err != nil {
+				return err
+			}
+			defer l.Close()
+			nodes <- n
+			return serve(ctx, l)
 		}
-		nodes <- n
-		return rfsis.Serve(ctx, l, func(c net.Conn) { io.Copy(c, c) })
 	}
 }
+
+// echoApp is the application on both nodes.
+var echoApp = listeningApp(func(ctx context.Context, l net.Listener) error {
+	return rfsis.Serve(ctx, l, func(c net.Conn) { io.Copy(c, c) })
+})
 
 func testLogger(t testing.TB, name string) *slog.Logger {
 	if os.Getenv("RFSIS_TEST_LOG") == "" {
@@ -175,18 +184,10 @@ func TestFailoverKeepsConnections(t *testing.T) {
 // session instead would look like a dead main to the backup.
 func TestBackupDropsOneConnection(t *testing.T) {
 	const backlog = 128 // stack.ListenConfig's default
-	notAccepting := func(nodes chan<- *rfsis.Node) rfsis.App {
-		return func(ctx context.Context, n *rfsis.Node) error {
-			l, err := n.Listen()
-			if err != nil {
-				return err
-			}
-			defer l.Close()
-			nodes <- n
-			<-ctx.Done()
-			return nil
-		}
-	}
+	notAccepting := listeningApp(func(ctx context.Context, _ net.Listener) error {
+		<-ctx.Done()
+		return nil
+	})
 	_, client, mainNode, backupNode, _ := pairUpWith(t, echoApp, notAccepting)
 	const conns = backlog + 3
 	cs := make([]*stack.Conn, conns)
@@ -372,17 +373,9 @@ func TestBackupAppliesBeforeTakingOver(t *testing.T) {
 // gets every byte echoed and the session, with its heartbeats, lives on.
 func TestLaggingStandbyIsDropped(t *testing.T) {
 	failover.SetMaxHeldIn(t, 256<<10)
-	neverReads := func(nodes chan<- *rfsis.Node) rfsis.App {
-		return func(ctx context.Context, n *rfsis.Node) error {
-			l, err := n.Listen()
-			if err != nil {
-				return err
-			}
-			defer l.Close()
-			nodes <- n
-			return rfsis.Serve(ctx, l, func(c net.Conn) { <-ctx.Done() })
-		}
-	}
+	neverReads := listeningApp(func(ctx context.Context, l net.Listener) error {
+		return rfsis.Serve(ctx, l, func(net.Conn) { <-ctx.Done() })
+	})
 	_, client, mainNode, backupNode, _ := pairUpWith(t, echoApp, neverReads)
 	c := dialEcho(t, client)
 	c.SetDeadline(time.Now().Add(20 * time.Second))

@@ -12,7 +12,8 @@
 // timestamp options (RFC 7323, 2018) with PAWS; RTO per RFC 6298 with
 // Karn's algorithm and exponential backoff; NewReno fast retransmit and
 // recovery (RFC 6582) with SACK-driven hole retransmission (after RFC
-// 6675); slow start and congestion avoidance with appropriate byte
+// 6675); D-SACK for duplicates (RFC 2883); spurious timeouts detected
+// with timestamps and undone (Eifel, RFC 3522); slow start and congestion avoidance with appropriate byte
 // counting (RFC 5681, 3465) and a ten-segment initial window (RFC 6928);
 // delayed ACKs; Nagle's algorithm; sender and receiver silly-window
 // avoidance; zero-window probes; keepalive; the RFC 5961 defences

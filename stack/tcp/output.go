@@ -166,7 +166,8 @@ func (c *Conn) windowField(ack Seq) uint16 {
 // fillSACK reports out-of-order ranges, the most recent arrival first
 // (RFC 2018 section 4), never beyond the gate's ACK limit: a SACKed byte
 // is one the client may never resend. A duplicate that arrived since the
-// last ACK goes first, as a D-SACK block (RFC 2883), once.
+// last ACK goes first, as a D-SACK block (RFC 2883), once, and only as far
+// as the ACK number.
 func (c *Conn) fillSACK(s *Segment, ack Seq) {
 	maxBlocks := 4
 	if s.HasTS {
@@ -174,8 +175,13 @@ func (c *Conn) fillSACK(s *Segment, ack Seq) {
 	}
 	if c.dsackPending {
 		c.dsackPending = false
-		s.SACK[0] = SACKBlock{c.dsack.start, c.dsack.end}
-		s.NumSACK = 1
+		// Only what lies below the ACK number: a duplicate the gate has
+		// not let us acknowledge yet is, to the peer, not received, and
+		// must stay that way (invariant 2).
+		if end := seqMin(c.dsack.end, ack); c.dsack.start.Less(end) {
+			s.SACK[0] = SACKBlock{c.dsack.start, end}
+			s.NumSACK = 1
+		}
 	}
 	add := func(r seqRange) {
 		if int(s.NumSACK) >= maxBlocks || !ack.Less(r.start) {

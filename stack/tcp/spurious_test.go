@@ -127,3 +127,28 @@ func TestDuplicateIsDSACKed(t *testing.T) {
 	require.Len(t, out, 1)
 	assert.Zero(t, out[0].NumSACK, "no SACK negotiated: no D-SACK")
 }
+
+// TestDSACKStaysBelowGatedAck: on a replicated connection the gate holds
+// the ACK number below what arrived. A client's retransmission of bytes
+// above that ACK number is a duplicate to us, but reporting it would tell
+// the client they are received before the backup has them (invariant 2):
+// only the part below the ACK number is D-SACKed.
+func TestDSACKStaysBelowGatedAck(t *testing.T) {
+	s := newSim(t, Config{}, Config{}, issClient, issServer)
+	srv := s.c[1]
+	base := srv.rcvNxt
+	srv.SetGate(Gate{Enabled: true, OpenOK: true, AckLimit: base + 4, SendLimit: srv.sndNxt})
+	data := &Segment{Seq: base, Ack: srv.sndNxt, Flags: FlagACK, Window: 1000, Payload: []byte("0123456789")}
+	handleOne(srv, s.now, data)
+	out := handleOne(srv, s.now, data) // the client's retransmission
+	require.NotEmpty(t, out)
+	last := out[len(out)-1]
+	assert.Equal(t, base+4, last.Ack, "the gate holds the ACK number")
+	require.Equal(t, uint8(1), last.NumSACK)
+	assert.Equal(t, SACKBlock{base, base + 4}, last.SACK[0], "D-SACK only below the gated ACK number")
+
+	srv.SetGate(Gate{Enabled: true, OpenOK: true, AckLimit: base, SendLimit: srv.sndNxt})
+	for _, seg := range handleOne(srv, s.now, data) {
+		assert.Zero(t, seg.NumSACK, "nothing below the ACK number: no D-SACK")
+	}
+}
