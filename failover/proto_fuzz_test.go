@@ -3,7 +3,6 @@ package failover
 import (
 	"bytes"
 	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -41,10 +40,7 @@ func macOK(frame, ctx []byte) bool {
 		return false
 	}
 	end := len(frame) - 16
-	h := hmac.New(sha256.New, testKey[:])
-	h.Write(ctx)
-	h.Write(frame[:end])
-	return hmac.Equal(h.Sum(nil)[:16], frame[end:])
+	return hmac.Equal(frameTag(testKey, ctx, frame[:end]), frame[end:])
 }
 
 // chunkReader returns its data in reads of the sizes the fuzzer chose.

@@ -14,9 +14,13 @@ type Queue struct {
 	off int // buf[off:] is the queue
 }
 
-// keepCap is the largest buffer an emptied queue keeps for reuse: a
-// burst's buffer is given back.
-const keepCap = 1 << 20
+// keepCap is the largest buffer an emptied queue keeps for reuse; a
+// larger one is given back. It matches the stack's default send buffer
+// (4 MiB), which bounds a hot standby's held writes: under bulk transfer
+// that queue empties and refills to megabytes many times a second, and
+// with a 1 MiB bound it allocated 190 MB in 3 s, which kept the
+// collector busy (BENCHMARKS.md, run I).
+const keepCap = 4 << 20
 
 // Len is the number of bytes queued.
 func (q *Queue) Len() int { return len(q.buf) - q.off }

@@ -22,6 +22,11 @@ import (
 )
 
 func main() {
+	// Before anything else: the program may start again (preempt.go in
+	// package rfsis says why).
+	if err := rfsis.ExecWithoutAsyncPreemption(); err != nil {
+		fmt.Fprintln(os.Stderr, "rfsissink: warning:", err)
+	}
 	path := flag.String("config", "conf/config.json", "configuration file")
 	flag.Parse()
 	if err := run(*path); err != nil {
