@@ -38,10 +38,11 @@
 //	epoch    uint64  sender's epoch
 //	seq      uint64  per-direction message counter, starts at 1, +1 each frame
 //	body     ...     type-specific, fixed layout, big-endian
-//	mac      [16]    HMAC-SHA256(key, session nonces || length..body), truncated
+//	mac      [16]    GMAC under a key of the session and direction (HELLO:
+//	                 HMAC-SHA256 under the shared key), over length..body
 //
 // A session starts with HELLO from each side carrying a random 16-byte
-// nonce; both nonces are bound into every later MAC, so frames cannot be
+// nonce; both nonces are bound into every later MAC (proto.go), so frames cannot be
 // replayed into another session, and seq must increase by exactly one, so
 // they cannot be replayed or reordered within one. Frames over 1 MiB, with
 // a bad MAC, a wrong seq, an unknown type or a malformed body are counted
