@@ -125,8 +125,9 @@ func RunContext(ctx context.Context, cfg config.Config, app App, opts Options) e
 		return err
 	}
 	log.Info("stack up", "device", dev.Name(), "own", own, "service", cfg.IPv4Addr, "mac", st.MAC().String(), "port", cfg.Port, "role", role)
+	collectLessOften(log)
 	if !asyncPreemptOff() {
-		// preempt.go says why; the programs in cmd/ re-exec themselves.
+		// gcpauses.go says why; the programs in cmd/ re-exec themselves.
 		log.Warn("Go async preemption is on: under load a garbage collection can silence this node for 50-180 ms; start the program with GODEBUG=asyncpreemptoff=1 or call rfsis.ExecWithoutAsyncPreemption first thing in main")
 	}
 	if cfg.StatusAddr != "" {

@@ -22,7 +22,7 @@ import (
 )
 
 func main() {
-	// Before anything else: the program may start again (preempt.go in
+	// Before anything else: the program may start again (gcpauses.go in
 	// package rfsis says why).
 	if err := rfsis.ExecWithoutAsyncPreemption(); err != nil {
 		fmt.Fprintln(os.Stderr, "rfsissink: warning:", err)

@@ -1,8 +1,10 @@
 package rfsis
 
 import (
+	"log/slog"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -63,4 +65,18 @@ func TestExecHelper(t *testing.T) {
 	// Reached only when there was nothing to do: at the start, or after
 	// the re-exec.
 	os.Stdout.WriteString("GODEBUG=[" + os.Getenv("GODEBUG") + "] off=" + strconv.FormatBool(asyncPreemptOff()) + "\n")
+}
+
+func TestCollectLessOften(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	prev := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(prev) })
+
+	t.Setenv("GOGC", "150") // the operator's choice stands
+	collectLessOften(log)
+	assert.Equal(t, 100, debug.SetGCPercent(100))
+
+	os.Unsetenv("GOGC") // t.Setenv restores it
+	collectLessOften(log)
+	assert.Equal(t, gcPercent, debug.SetGCPercent(100))
 }
