@@ -65,6 +65,10 @@ type Stats struct {
 	Takeovers, StandDowns                    atomic.Uint64
 	FramesIn, FramesOut, BadFrames, Sessions atomic.Uint64
 	ConnsReplicated, StandbysAdopted         atomic.Uint64
+	// ConnsRejoined counts connections replicated from an application
+	// checkpoint when a backup joined after they opened (also counted in
+	// ConnsReplicated).
+	ConnsRejoined atomic.Uint64
 	// ConnsDropped counts connections one node stopped replicating (see
 	// CloseDropped); they went on unprotected.
 	ConnsDropped atomic.Uint64
@@ -412,7 +416,11 @@ func (n *Node) unprotect(silence time.Duration) {
 // protect: a backup joined; replicate to it from now on.
 func (n *Node) protect() {
 	n.st.SetReplicationHook((*mainHook)(n))
-	n.log.Info("backup joined: connections opened from now on are protected")
+	// Connections already open rejoin from their applications'
+	// checkpoints (stack.Conn.Checkpoint); the others stay unprotected
+	// until they end.
+	rejoined := n.st.RejoinAll()
+	n.log.Info("backup joined: connections opened from now on are protected", "rejoined", rejoined)
 }
 
 // --- The sync connection ---
@@ -695,7 +703,7 @@ const maxSpare = 4 << 20
 // backup's CLOSE DROPPED is not).
 func isReplication(m *Message) bool {
 	switch m.Type {
-	case MsgOpen, MsgIn, MsgOut, MsgAcked:
+	case MsgOpen, MsgRejoin, MsgIn, MsgOut, MsgAcked:
 		return true
 	case MsgClose:
 		return m.Close != CloseDropped
@@ -793,7 +801,7 @@ func (s *session) handle(m *Message) error {
 	case MsgSyncAck:
 		// Acknowledgements are the sync connection's own (onAcked); an
 		// older peer's SYNCACK says nothing more.
-	case MsgOpen, MsgIn, MsgOut, MsgAcked, MsgClose:
+	case MsgOpen, MsgRejoin, MsgIn, MsgOut, MsgAcked, MsgClose:
 		if m.Type == MsgClose && m.Close == CloseDropped && role == RoleMain {
 			n.backupDropped(m.Conn)
 			return nil

@@ -67,6 +67,8 @@ package failover
 //	           bit 1 FIN queued; other bits zero)                        (37)
 //	CLOSE      conn, kind uint8 (1 FIN, 2 RST, 3 GONE)                   (13)
 //	STANDDOWN  empty
+//	REJOIN     conn, written uint32 (tcp.Seq), m uint32, state [m]byte,
+//	           n uint32, snapshot [n]byte; m at most stack.MaxCheckpointState
 //
 // role is a Role (role.go); any other value is ErrMalformed. The flags of
 // HELLO and HEARTBEAT have bit 0 set when the sender is configured as the
@@ -130,6 +132,7 @@ import (
 	"io"
 	"net/netip"
 
+	"github.com/zppratt/rfsis/stack"
 	"github.com/zppratt/rfsis/stack/tcp"
 )
 
@@ -239,6 +242,12 @@ const (
 	// quiet. It has no body; what to do with it is the role machine's
 	// business.
 	MsgStandDown
+	// MsgRejoin ships a connection that was open before this backup
+	// joined, from its application's checkpoint (stack.Rejoin): the
+	// connection as it is now, with its receive side starting at the
+	// checkpoint, the position of the application's output at the
+	// checkpoint, and the checkpoint's state.
+	MsgRejoin
 
 	msgTypeEnd // one past the last known type
 )
@@ -246,7 +255,7 @@ const (
 var msgTypeNames = [...]string{
 	MsgHello: "HELLO", MsgHeartbeat: "HEARTBEAT", MsgSyncAck: "SYNCACK",
 	MsgOpen: "OPEN", MsgIn: "IN", MsgOut: "OUT", MsgAcked: "ACKED",
-	MsgClose: "CLOSE", MsgStandDown: "STANDDOWN",
+	MsgClose: "CLOSE", MsgStandDown: "STANDDOWN", MsgRejoin: "REJOIN",
 }
 
 func (t MsgType) String() string {
@@ -369,8 +378,13 @@ type Message struct {
 	// OPEN, IN, OUT, ACKED, CLOSE: the connection, IPv4 only.
 	Conn tcp.FourTuple
 
-	// OPEN: the connection's state; its ID must equal Conn.
+	// OPEN, REJOIN: the connection's state; its ID must equal Conn.
 	Snapshot *tcp.Snapshot
+
+	// REJOIN: where the application's output stood at its checkpoint,
+	// and the checkpoint's state (aliasing the Decoder's buffer, as Data).
+	Written tcp.Seq
+	State   []byte
 
 	// IN, OUT: Data starts at sequence number DataSeq. In decoded messages
 	// Data aliases the Decoder's buffer (see Decoder.Next) and is nil when
@@ -397,6 +411,8 @@ func (m *Message) String() string {
 		return fmt.Sprintf("%s applied=%d", head, m.Applied)
 	case MsgOpen:
 		return fmt.Sprintf("%s conn=%v", head, m.Conn)
+	case MsgRejoin:
+		return fmt.Sprintf("%s conn=%v written=%d state=%d", head, m.Conn, m.Written, len(m.State))
 	case MsgIn, MsgOut:
 		return fmt.Sprintf("%s conn=%v at=%d len=%d", head, m.Conn, m.DataSeq, len(m.Data))
 	case MsgAcked:
@@ -552,6 +568,39 @@ func (e *Encoder) AppendFrame(dst []byte, m *Message) ([]byte, error) {
 	return dst, nil
 }
 
+// marshalSnapshot encodes the snapshot of an OPEN or a REJOIN, checked as
+// the Decoder will check it, so that a bad snapshot is caught on the
+// main, where it was made, rather than as a dropped channel.
+func marshalSnapshot(m *Message) ([]byte, error) {
+	s := m.Snapshot
+	if s == nil {
+		return nil, fmt.Errorf("%w: %v without a snapshot", ErrMalformed, m.Type)
+	}
+	if s.ID != m.Conn {
+		return nil, fmt.Errorf("%w: %v for %v with a snapshot of %v", ErrMalformed, m.Type, m.Conn, s.ID)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v snapshot: %w", ErrMalformed, m.Type, err)
+	}
+	b, err := s.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v snapshot: %w", ErrMalformed, m.Type, err)
+	}
+	return b, nil
+}
+
+// parseSnapshot decodes the snapshot of an OPEN or a REJOIN for conn.
+func parseSnapshot(t MsgType, b []byte, conn tcp.FourTuple) (*tcp.Snapshot, error) {
+	var s tcp.Snapshot
+	if err := s.UnmarshalBinary(b); err != nil {
+		return nil, fmt.Errorf("%w: %v snapshot: %w", ErrMalformed, t, err)
+	}
+	if s.ID != conn {
+		return nil, fmt.Errorf("%w: %v for %v with a snapshot of %v", ErrMalformed, t, conn, s.ID)
+	}
+	return &s, nil
+}
+
 // appendBody appends m's body, or fails with what the Decoder would say
 // of it; dst beyond its original length is then garbage.
 func appendBody(dst []byte, m *Message) ([]byte, error) {
@@ -580,21 +629,9 @@ func appendBody(dst []byte, m *Message) ([]byte, error) {
 	case MsgSyncAck:
 		return be.AppendUint64(dst, m.Applied), nil
 	case MsgOpen:
-		s := m.Snapshot
-		if s == nil {
-			return dst, fmt.Errorf("%w: OPEN without a snapshot", ErrMalformed)
-		}
-		if s.ID != m.Conn {
-			return dst, fmt.Errorf("%w: OPEN for %v with a snapshot of %v", ErrMalformed, m.Conn, s.ID)
-		}
-		// Validate here too, so that a bad snapshot is caught on the main,
-		// where it was made, rather than as a dropped channel.
-		if err := s.Validate(); err != nil {
-			return dst, fmt.Errorf("%w: OPEN snapshot: %w", ErrMalformed, err)
-		}
-		b, err := s.MarshalBinary()
+		b, err := marshalSnapshot(m)
 		if err != nil {
-			return dst, fmt.Errorf("%w: OPEN snapshot: %w", ErrMalformed, err)
+			return dst, err
 		}
 		if len(b) > MaxSnapshot {
 			return dst, fmt.Errorf("%w: OPEN snapshot of %d bytes, at most %d", ErrTooLarge, len(b), MaxSnapshot)
@@ -602,6 +639,25 @@ func appendBody(dst []byte, m *Message) ([]byte, error) {
 		if dst, err = appendConn(dst, m.Conn); err != nil {
 			return dst, err
 		}
+		dst = be.AppendUint32(dst, uint32(len(b)))
+		return append(dst, b...), nil
+	case MsgRejoin:
+		if len(m.State) > stack.MaxCheckpointState {
+			return dst, fmt.Errorf("%w: REJOIN state of %d bytes, at most %d", ErrTooLarge, len(m.State), stack.MaxCheckpointState)
+		}
+		b, err := marshalSnapshot(m)
+		if err != nil {
+			return dst, err
+		}
+		if len(b)+len(m.State)+4+4 > MaxSnapshot {
+			return dst, fmt.Errorf("%w: REJOIN snapshot and state of %d bytes, at most %d", ErrTooLarge, len(b)+len(m.State), MaxSnapshot-8)
+		}
+		if dst, err = appendConn(dst, m.Conn); err != nil {
+			return dst, err
+		}
+		dst = be.AppendUint32(dst, uint32(m.Written))
+		dst = be.AppendUint32(dst, uint32(len(m.State)))
+		dst = append(dst, m.State...)
 		dst = be.AppendUint32(dst, uint32(len(b)))
 		return append(dst, b...), nil
 	case MsgIn, MsgOut:
@@ -733,14 +789,32 @@ func parseBody(t MsgType, body []byte, m *Message) error {
 			return err
 		}
 		m.Conn = parseConn(body)
-		var s tcp.Snapshot
-		if err := s.UnmarshalBinary(b); err != nil {
-			return fmt.Errorf("%w: OPEN snapshot: %w", ErrMalformed, err)
+		if m.Snapshot, err = parseSnapshot(t, b, m.Conn); err != nil {
+			return err
 		}
-		if s.ID != m.Conn {
-			return fmt.Errorf("%w: OPEN for %v with a snapshot of %v", ErrMalformed, m.Conn, s.ID)
+	case MsgRejoin:
+		const fixed = connLen + 4 + 4
+		if len(body) < fixed+4 {
+			return fmt.Errorf("%w: REJOIN body of %d bytes, want at least %d", ErrMalformed, len(body), fixed+4)
 		}
-		m.Snapshot = &s
+		k := be.Uint32(body[connLen+4:])
+		if k > stack.MaxCheckpointState || uint64(k) > uint64(len(body)-fixed-4) {
+			return fmt.Errorf("%w: REJOIN says %d state bytes follow (at most %d), %d do", ErrMalformed, k, stack.MaxCheckpointState, len(body)-fixed-4)
+		}
+		m.Conn = parseConn(body)
+		m.Written = tcp.Seq(be.Uint32(body[connLen:]))
+		if k > 0 {
+			m.State = body[fixed : fixed+int(k) : fixed+int(k)]
+		}
+		rest := body[fixed+int(k):]
+		n := be.Uint32(rest)
+		if uint64(n) != uint64(len(rest)-4) {
+			return fmt.Errorf("%w: REJOIN says %d snapshot bytes follow, %d do", ErrMalformed, n, len(rest)-4)
+		}
+		var err error
+		if m.Snapshot, err = parseSnapshot(t, rest[4:], m.Conn); err != nil {
+			return err
+		}
 	case MsgIn, MsgOut:
 		b, err := prefixed(connLen + 4)
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/zppratt/rfsis/stack"
 	"github.com/zppratt/rfsis/stack/tcp"
 )
 
@@ -140,6 +141,8 @@ func samples(t testing.TB) []Message {
 		{Type: MsgClose, Epoch: 3, Conn: id, Close: CloseRST},
 		{Type: MsgClose, Epoch: 3, Conn: id, Close: CloseGone},
 		{Type: MsgStandDown, Epoch: 4},
+		{Type: MsgRejoin, Epoch: 4, Conn: id, Snapshot: testSnapshot(t), Written: 0xfffffffe, State: []byte("count=7")},
+		{Type: MsgRejoin, Epoch: 4, Conn: id, Snapshot: testSnapshot(t), Written: 5}, // no state
 	}
 }
 
@@ -290,7 +293,8 @@ func TestChunking(t *testing.T) {
 			if !ok {
 				return
 			}
-			m.Data = bytes.Clone(m.Data) // Data lives only until the next Feed
+			m.Data = bytes.Clone(m.Data) // Data and State live only until the next Feed
+			m.State = bytes.Clone(m.State)
 			*got = append(*got, m)
 		}
 	}
@@ -590,6 +594,14 @@ func TestMalformedBodies(t *testing.T) {
 		{"open not json", MsgOpen, cat(id, u32(nil, 3), []byte("{{{")), tcp.ErrBadSnapshot},
 		{"open invalid snapshot", MsgOpen, cat(id, u32(nil, uint32(len(badSnapJSON))), badSnapJSON), tcp.ErrBadSnapshot},
 		{"open other conn", MsgOpen, cat(id, u32(nil, uint32(len(otherSnap))), otherSnap), ErrMalformed},
+		{"rejoin short", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 0)), ErrMalformed},
+		{"rejoin state overruns", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 5), []byte("abc"), u32(nil, 0)), ErrMalformed},
+		{"rejoin state over the limit", MsgRejoin, cat(id, u32(nil, 1), u32(nil, stack.MaxCheckpointState+1), make([]byte, stack.MaxCheckpointState+1), u32(nil, uint32(len(snap))), snap), ErrMalformed},
+		{"rejoin huge state prefix", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 0xffffffff), u32(nil, 0)), ErrMalformed},
+		{"rejoin trailing", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 0), u32(nil, uint32(len(snap))), snap, []byte{' '}), ErrMalformed},
+		{"rejoin short snapshot", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 2), []byte("st"), u32(nil, uint32(len(snap))+1), snap), ErrMalformed},
+		{"rejoin invalid snapshot", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 0), u32(nil, uint32(len(badSnapJSON))), badSnapJSON), tcp.ErrBadSnapshot},
+		{"rejoin other conn", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 0), u32(nil, uint32(len(otherSnap))), otherSnap), ErrMalformed},
 		{"type 0", 0, nil, ErrUnknownType},
 		{"type 10", msgTypeEnd, nil, ErrUnknownType},
 		{"type 255", 255, make([]byte, 8), ErrUnknownType},
@@ -609,6 +621,9 @@ func TestMalformedBodies(t *testing.T) {
 	decodeOne(t, d, helloFrom(nonceA))
 	m := decodeOne(t, d, rawFrame(testKey, ctxOf(nonceA, nonceB), MsgOpen, 3, 2, cat(id, u32(nil, uint32(len(snap))), snap)))
 	assert.Equal(t, testSnapshot(t), m.Snapshot)
+	// And the REJOIN's layout: conn, written, state, snapshot.
+	m = decodeOne(t, d, rawFrame(testKey, ctxOf(nonceA, nonceB), MsgRejoin, 3, 3, cat(id, u32(nil, 77), u32(nil, 2), []byte("st"), u32(nil, uint32(len(snap))), snap)))
+	assert.Equal(t, Message{Type: MsgRejoin, Epoch: 3, Seq: 3, Conn: testConn(), Snapshot: testSnapshot(t), Written: 77, State: []byte("st")}, m)
 }
 
 // TestHostileLength: a length over the limit is refused from the 4 bytes
@@ -692,6 +707,9 @@ func TestEncoderRefuses(t *testing.T) {
 		{"open nil", Message{Type: MsgOpen, Conn: testConn()}, ErrMalformed},
 		{"open other id", Message{Type: MsgOpen, Conn: otherID, Snapshot: snap}, ErrMalformed},
 		{"open invalid", Message{Type: MsgOpen, Conn: testConn(), Snapshot: &badSnap}, tcp.ErrBadSnapshot},
+		{"rejoin nil", Message{Type: MsgRejoin, Conn: testConn()}, ErrMalformed},
+		{"rejoin invalid", Message{Type: MsgRejoin, Conn: testConn(), Snapshot: &badSnap}, tcp.ErrBadSnapshot},
+		{"rejoin state too big", Message{Type: MsgRejoin, Conn: testConn(), Snapshot: snap, State: make([]byte, stack.MaxCheckpointState+1)}, ErrTooLarge},
 		{"in too big", Message{Type: MsgIn, Conn: testConn(), Data: make([]byte, MaxData+1)}, ErrTooLarge},
 	} {
 		seq := a.Enc.Seq()

@@ -25,8 +25,14 @@ type mainConn struct {
 // detach stops replicating the connection: it goes on unprotected.
 // Called outside the connection's callbacks.
 func (mc *mainConn) detach() {
-	mc.r.Value.Store((*mainConn)(nil))
-	mc.r.UpdateGate(func(g *tcp.Gate) { *g = tcp.Gate{} })
+	mc.r.UpdateGate(func(g *tcp.Gate) {
+		// Under the connection's lock, so that a rejoin that took the
+		// connection meanwhile (Rejoined) keeps its record and its gate.
+		if cur, _ := mc.r.Value.Load().(*mainConn); cur == mc || cur == nil {
+			mc.r.Value.Store((*mainConn)(nil))
+			*g = tcp.Gate{}
+		}
+	})
 }
 
 // scratch holds the bytes of one change on their way from a connection's
@@ -75,6 +81,44 @@ func (h *mainHook) Opened(r *stack.Replica, snap tcp.Snapshot) {
 	r.Value.Store(mc)
 	n.stats.ConnsReplicated.Add(1)
 	s.sendAs(epoch, Message{Type: MsgOpen, Conn: id, Snapshot: &snap}, effect{gate: gateEffect{r: r, openOK: true}})
+}
+
+// Rejoined takes a connection that was open before this backup joined,
+// from its application's checkpoint (stack.Rejoin), unless it is
+// replicated already. From the moment the backup acknowledges the REJOIN
+// it holds everything the client has been told, and the gates hold what
+// follows, as for a connection replicated from its opening; until then
+// the connection is as unprotected as it was. So the gate opens at once
+// as far as the connection has gone (what the snapshot carries).
+func (h *mainHook) Rejoined(r *stack.Replica, rj stack.Rejoin) bool {
+	if mc, _ := r.Value.Load().(*mainConn); mc != nil {
+		return false // replicated already
+	}
+	n := h.node()
+	id := r.ID()
+	msg := Message{Type: MsgRejoin, Conn: id, Snapshot: &rj.Snapshot, Written: rj.Written, State: rj.State}
+	if b, err := marshalSnapshot(&msg); err != nil || len(b)+len(rj.State)+8 > MaxSnapshot {
+		// Too much in flight to ship in one frame now; the next
+		// checkpoint offers the connection again.
+		return false
+	}
+	mc := &mainConn{r: r, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked(), prog: r.ProgressLocked()}
+	n.mu.Lock()
+	s, epoch := n.sess, n.rm.Epoch()
+	take := n.rm.Role() == RoleMain && s != nil && id.LocalAddr == n.svc && n.listeners[id.LocalPort] != nil && n.mains[id] == nil
+	if take {
+		n.mains[id] = mc // see Opened
+	}
+	n.mu.Unlock()
+	if !take {
+		return false
+	}
+	r.SetGateLocked(tcp.Gate{Enabled: true, OpenOK: true, AckLimit: mc.in, SendLimit: mc.out, CloseOK: mc.prog.FinQueued})
+	r.Value.Store(mc)
+	n.stats.ConnsReplicated.Add(1)
+	n.stats.ConnsRejoined.Add(1)
+	s.sendAs(epoch, msg, effect{})
+	return true
 }
 
 // outWindow bounds the output bytes of one connection shipped to the
@@ -327,11 +371,17 @@ func (n *Node) applyReplication(m *Message) error {
 	l := n.listeners[m.Conn.LocalPort]
 	n.mu.Unlock()
 	switch m.Type {
-	case MsgOpen:
+	case MsgOpen, MsgRejoin:
 		if b != nil {
-			return fmt.Errorf("OPEN for %v twice", m.Conn)
+			return fmt.Errorf("%v for %v twice", m.Type, m.Conn)
 		}
-		sb, err := n.st.AdoptStandby(*m.Snapshot, l)
+		var sb *stack.Standby
+		var err error
+		if m.Type == MsgOpen {
+			sb, err = n.st.AdoptStandby(*m.Snapshot, l)
+		} else {
+			sb, err = n.st.AdoptResumed(stack.Rejoin{Snapshot: *m.Snapshot, Written: m.Written, State: m.State}, l)
+		}
 		if err != nil {
 			return err
 		}

@@ -159,6 +159,12 @@ func (ep *endpoint) goneLocked() error {
 // takeover, and nobody accepts it. The connection sends nothing until
 // GoLive.
 func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
+	return s.adoptStandby(snap, l, nil)
+}
+
+// adoptStandby is AdoptStandby, with init run on the new endpoint before
+// anyone can see it.
+func (s *Stack) adoptStandby(snap tcp.Snapshot, l *Listener, init func(*endpoint)) (*Standby, error) {
 	c, err := tcp.RestoreStandby(snap, time.Now())
 	if err != nil {
 		return nil, err
@@ -166,6 +172,9 @@ func (s *Stack) AdoptStandby(snap tcp.Snapshot, l *Listener) (*Standby, error) {
 	t := s.tcp
 	ep := newEndpoint(t, c)
 	ep.appNext = c.WrittenEnd()
+	if init != nil {
+		init(ep)
+	}
 	handshaking := c.State() == tcp.StateSynReceived
 	if l != nil && handshaking {
 		if !l.reserveHalfOpen() {

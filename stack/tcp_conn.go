@@ -146,6 +146,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		ep.mu.Lock()
 		n := ep.c.Read(p)
 		if n > 0 {
+			ep.keepReadLocked(p[:n])
 			now := time.Now()
 			ep.afterLocked(now)
 			onRead := ep.onRead

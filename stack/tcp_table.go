@@ -310,6 +310,11 @@ type endpoint struct {
 	// connection goes live (the main's close is the one the client gets).
 	appClosed, appWriteClosed bool
 	cmpBuf                    []byte
+	// The application's last checkpoint (main), or the state a resumed
+	// standby's application starts from (checkpoint.go).
+	ckpt      *checkpoint
+	resumed   []byte
+	isResumed bool
 
 	// Wake-ups: buffered channels of one, signalled without blocking.
 	readable, writable chan struct{}

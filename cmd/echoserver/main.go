@@ -44,11 +44,35 @@ func run(path string) error {
 		log.Info("echo server listening", "addr", l.Addr())
 		err = rfsis.Serve(ctx, l, func(c net.Conn) {
 			log.Debug("connection", "remote", c.RemoteAddr())
-			if _, err := io.Copy(c, c); err != nil && !errors.Is(err, net.ErrClosed) {
+			if err := echo(c); err != nil && !errors.Is(err, net.ErrClosed) {
 				log.Debug("connection ended", "remote", c.RemoteAddr(), "err", err)
 			}
 		})
 		log.Info("echo server stopped")
 		return err
 	})
+}
+
+// echo writes back what it reads until EOF. After each write it has acted
+// on everything it read and keeps no state, so it checkpoints with none:
+// a backup that joins later can then protect the connection too.
+func echo(c net.Conn) error {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if cerr := rfsis.Checkpoint(c, nil); cerr != nil {
+				return cerr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }

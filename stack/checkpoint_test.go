@@ -1,0 +1,159 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/zppratt/rfsis/stack/tcp"
+)
+
+// rejoinHook is syncHook that also takes connections from checkpoints.
+type rejoinHook struct {
+	*syncHook
+	offered int
+}
+
+func (h *rejoinHook) Rejoined(r *Replica, rj Rejoin) bool {
+	h.offered++
+	if st, _ := r.Value.Load().(*syncState); st != nil {
+		return false
+	}
+	sb, err := h.backup.AdoptResumed(rj, h.l)
+	if err != nil {
+		h.t.Errorf("adopt resumed: %v", err)
+		return false
+	}
+	r.Value.Store(&syncState{sb: sb, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked()})
+	r.SetGateLocked(tcp.Gate{Enabled: true, OpenOK: true, AckLimit: sb.ReceivedEnd(), SendLimit: sb.WrittenEnd()})
+	return true
+}
+
+// TestCheckpointRejoin: a connection served before any hook was installed
+// is offered to a RejoinHook from its application's checkpoint, and the
+// backup's copy starts where the checkpoint was: its application gets the
+// checkpoint's state, reads the input since the checkpoint, and its
+// output since then is checked against the main's (no divergence).
+func TestCheckpointRejoin(t *testing.T) {
+	tr := newTrio(t, 61)
+	tr.main.SetReplicationHook(nil) // no backup yet
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := tr.client.DialTCP(ctx, tr.client.Addr(), netip.AddrPortFrom(tr.svc, 7))
+	require.NoError(t, err)
+	t.Cleanup(func() { cc.Close() })
+	mc, err := tr.ml.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { mc.Close() })
+	m := mc.(*Conn)
+	_, ok := m.Resumed()
+	assert.False(t, ok, "a connection of this node's own is not resumed")
+
+	// "ab" answered then checkpointed with state "1"; "cd" answered after
+	// the checkpoint; "ef" sent but not read.
+	buf := make([]byte, 2)
+	for _, msg := range []string{"ab", "cd"} {
+		_, err := cc.Write([]byte(msg))
+		require.NoError(t, err)
+		_, err = io.ReadFull(m, buf)
+		require.NoError(t, err)
+		_, err = m.Write(buf)
+		require.NoError(t, err)
+		if msg == "ab" {
+			require.NoError(t, m.Checkpoint([]byte("1")))
+		}
+	}
+	got := make([]byte, 4)
+	_, err = io.ReadFull(cc, got)
+	require.NoError(t, err)
+	_, err = cc.Write([]byte("ef"))
+	require.NoError(t, err)
+	waitFor(t, "ef arrived", func() bool {
+		read, arrived := m.ReadPos()
+		return arrived.Sub(read) == 2
+	})
+
+	hook := &rejoinHook{syncHook: tr.hook}
+	tr.main.SetReplicationHook(hook)
+	require.Equal(t, 1, tr.main.RejoinAll())
+	require.Equal(t, 0, tr.main.RejoinAll(), "replicated now: not offered to the hook again")
+	assert.Equal(t, 1, hook.offered)
+
+	bc, err := tr.bl.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { bc.Close() })
+	b := bc.(*Conn)
+	st, ok := b.Resumed()
+	require.True(t, ok)
+	assert.Equal(t, []byte("1"), st)
+	// The backup's application reads from the checkpoint: "cd", then "ef".
+	in := make([]byte, 4)
+	_, err = io.ReadFull(b, in)
+	require.NoError(t, err)
+	assert.Equal(t, "cdef", string(in))
+	// It answers "cd" again: the main's bytes, held, not sent twice.
+	_, err = b.Write([]byte("cd"))
+	require.NoError(t, err)
+	// Both answer "ef"; the main's goes out once the backup holds it.
+	_, err = b.Write([]byte("ef"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(m, buf)
+	require.NoError(t, err)
+	_, err = m.Write(buf)
+	require.NoError(t, err)
+	_, err = io.ReadFull(cc, got[:2])
+	require.NoError(t, err)
+	assert.Equal(t, "ef", string(got[:2]))
+	waitFor(t, "the backup compared", func() bool {
+		b.ep.mu.Lock()
+		defer b.ep.mu.Unlock()
+		return b.ep.held.Len() == 0
+	})
+	assert.Zero(t, tr.backup.TCPStats().Diverged, "the resumed application wrote what the main did")
+}
+
+func TestCheckpointLimits(t *testing.T) {
+	tr := newTrio(t, 62)
+	tr.main.SetReplicationHook(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := tr.client.DialTCP(ctx, tr.client.Addr(), netip.AddrPortFrom(tr.svc, 7))
+	require.NoError(t, err)
+	t.Cleanup(func() { cc.Close() })
+	mc, err := tr.ml.Accept()
+	require.NoError(t, err)
+	m := mc.(*Conn)
+
+	err = m.Checkpoint(make([]byte, MaxCheckpointState+1))
+	require.ErrorIs(t, err, ErrCheckpointTooLarge)
+	var oe *net.OpError
+	require.True(t, errors.As(err, &oe), "a *net.OpError")
+
+	hook := &rejoinHook{syncHook: tr.hook}
+	require.NoError(t, m.Checkpoint(nil))
+	// More input since the checkpoint than a rejoin keeps.
+	go func() {
+		cc.Write(make([]byte, maxSinceCheckpoint+1))
+	}()
+	_, err = io.ReadFull(m, make([]byte, maxSinceCheckpoint+1))
+	require.NoError(t, err)
+	tr.main.SetReplicationHook(hook)
+	assert.Equal(t, 0, tr.main.RejoinAll(), "the input since the checkpoint was not all kept")
+	assert.Zero(t, hook.offered)
+	// The next checkpoint makes it whole again, and offers it at once.
+	require.NoError(t, m.Checkpoint(nil))
+	assert.Equal(t, 1, hook.offered)
+	bc, err := tr.bl.Accept()
+	require.NoError(t, err)
+	bc.Close()
+
+	require.NoError(t, m.Close())
+	require.ErrorIs(t, m.Checkpoint(nil), net.ErrClosed)
+}
