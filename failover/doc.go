@@ -2,8 +2,8 @@
 // node on the backup node, and moves the service to the backup when the
 // main dies, so that clients see a pause and nothing else.
 //
-// What works and what does not yet (rejoin of a returning backup to
-// existing connections) is listed in the README's status table.
+// What works and what does not yet is listed in the README's status
+// table.
 //
 // # Roles and epochs
 //
@@ -136,6 +136,23 @@
 // heartbeats while it keeps up with a bulk transfer. A starved peer that sends nothing for the
 // whole detection window still looks dead: choose heartbeat_timer x
 // heartbeat_misses above the machines' scheduling delays.
+//
+// # Rejoin
+//
+// A backup that joins while connections are open (after its own crash or
+// restart, or after the main declared it lost) gets every open
+// connection whose application has checkpointed (stack.Conn.Checkpoint):
+// the main's stack offers each (stack.RejoinAll, and again at each later
+// checkpoint of one it could not take) and the main ships a REJOIN: the
+// connection as it is now, its receive side starting at the checkpoint
+// with the input since, the position of the output at the checkpoint, and
+// the checkpoint's state. The backup adopts it as a hot standby whose
+// handler starts from that state (stack.Conn.Resumed) and whose output
+// from the checkpoint on is compared with the main's, as for any standby.
+// Until the backup acknowledges the REJOIN the connection is as
+// unprotected as it was, so its gate opens at once as far as the
+// connection had gone; from then on the gates hold what follows. A
+// connection whose application never checkpoints stays unprotected.
 //
 // # Takeover
 //

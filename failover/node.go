@@ -420,7 +420,7 @@ func (n *Node) protect() {
 	// checkpoints (stack.Conn.Checkpoint); the others stay unprotected
 	// until they end.
 	rejoined := n.st.RejoinAll()
-	n.log.Info("backup joined: connections opened from now on are protected", "rejoined", rejoined)
+	n.log.Info("backup joined: new connections are protected, and open ones from their checkpoints", "rejoined", rejoined)
 }
 
 // --- The sync connection ---
@@ -777,8 +777,8 @@ func (s *session) handle(m *Message) error {
 		n.rm.PeerConnected(now)
 		// A new session starts from nothing: the backup drops the copies
 		// of the old one, and the main stops replicating connections it
-		// opened before (they carry on unprotected); those opened from
-		// now on are replicated.
+		// opened before (they carry on unprotected until they rejoin from
+		// a checkpoint, protect); those opened from now on are replicated.
 		stale = n.takeStandbysLocked()
 		for _, m := range n.mains {
 			detached = append(detached, m)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -26,8 +27,10 @@ import (
 // backup process must join the running main (the main logs "backup
 // joined" again) and must not take the service over from it: if it did,
 // the main would stand down and every connection it served would die.
-// The connections the main served meanwhile stay unprotected, and must
-// not notice the rejoin at all.
+// The connections the main served meanwhile rejoin from their
+// checkpoints (the echo server takes one after every echo), and must not
+// notice the rejoin at all (TestBackupRestartThenKillMain kills the main
+// afterwards).
 //
 // Two ways this goes wrong. A backup that has never heard the main takes
 // over after one detection window (30 ms here), and its only way to hear
@@ -35,10 +38,9 @@ import (
 // only after the stack's 1 s SYN timeout: a single frame lost at start-up
 // (here, one sent before the kernel has put the freshly attached TAP's
 // bridge port into forwarding) makes it take over a live main. And once
-// the backup has joined, the main must leave the connections it served
-// unprotected alone: replicating them from where their replication
-// stopped is impossible (the bytes are gone) and must not load the main
-// until it misses heartbeats.
+// the backup has joined, the main must not try to replicate the
+// connections it served unprotected from where their replication stopped
+// (the bytes are gone): only from their checkpoints.
 func TestBackupRestartWhileMainServes(t *testing.T) {
 	p, w := startWarmPair(t, 0)
 
@@ -87,12 +89,13 @@ func TestBackupRestartWhileMainServes(t *testing.T) {
 // reports it joined again), then kills the main.
 //
 // From the moment the main serves unprotected, the backup's copies of the
-// connections then open are stale: the main no longer replicates them
-// ("connections opened from now on are protected"). When the main dies,
-// those connections cannot be carried on, but they must end cleanly for
-// their clients (a reset): never a hang, never an early EOF (the client
-// would take it for an orderly end), never a lost, duplicated or wrong
-// byte, which is what a stale copy going live would give. Connections
+// connections then open are stale: the main no longer replicates them.
+// The backup drops them when the new session starts, and the connections
+// rejoin from their checkpoints. A connection that could not rejoin
+// must end cleanly for its client when the main dies (a reset): never a
+// hang, never an early EOF (the client would take it for an orderly end),
+// never a lost, duplicated or wrong byte, which is what a stale copy
+// going live would give. Connections
 // opened after the backup rejoined are protected and must come through
 // the kill like in TestKillMain, with a stall under stallBound.
 func TestBackupPauseThenKillMain(t *testing.T) {
@@ -152,4 +155,49 @@ func TestBackupPauseThenKillMain(t *testing.T) {
 // client would take it for an orderly end and lose data silently.)
 func endedCleanly(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// TestBackupRestartThenKillMain is the rejoin's acceptance: the
+// connections a main served while its backup was dead are protected again
+// once a restarted backup joins (the echo server checkpoints after every
+// echo, so each has a checkpoint to rejoin from), and then come through
+// the main's kill -9 like connections the backup saw open: every byte
+// echoed once and in order, no reset, the stall under stallBound.
+func TestBackupRestartThenKillMain(t *testing.T) {
+	p, w := startWarmPair(t, 0)
+
+	require.NoError(t, p.Backup.Kill())
+	waitOutput(t, p.Main, takeoverWait, LogUnprotected)
+	<-p.Backup.Done()
+	// Traffic while unprotected, so that nothing the backup saw before
+	// its death would do.
+	time.Sleep(200 * time.Millisecond)
+
+	joined := p.Joins()
+	proc, err := p.StartNode(true)
+	require.NoError(t, err)
+	p.Backup = proc
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, p.WaitJoined(ctx, joined), "the restarted backup did not join (backup log:\n%s)", p.Backup.Output())
+	// Connections not taken when the backup joined (too much in flight
+	// at that instant) are offered again at their next checkpoint, within
+	// one echo.
+	time.Sleep(warmup)
+	for _, line := range strings.Split(p.Main.Output(), "\n") {
+		if strings.Contains(line, LogProtected) {
+			t.Logf("main: %s", line)
+		}
+	}
+
+	fault := time.Now()
+	require.NoError(t, p.Inject(Kill))
+	waitOutput(t, p.Backup, takeoverWait, LogTookOver)
+	time.Sleep(afterTakeover)
+	rs := finish(t, w, drain)
+	requireClean(t, rs, fault)
+	requireNoResets(t, p)
+	s := workload.ComputeStall(rs, fault)
+	t.Logf("kill -9 after the backup's restart and the connections' rejoin: %v", s)
+	assertStall(t, s, stallBound)
 }
