@@ -796,6 +796,12 @@ func (s *session) handle(m *Message) error {
 	for _, m := range detached {
 		m.detach()
 	}
+	if len(detached) > 0 && role == RoleMain {
+		// Still the main, with a new session: protect() will not run
+		// again, so the connections just detached rejoin from their
+		// checkpoints now.
+		n.st.RejoinAll()
+	}
 
 	switch m.Type {
 	case MsgSyncAck:

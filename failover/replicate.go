@@ -96,6 +96,15 @@ func (h *mainHook) Rejoined(r *stack.Replica, rj stack.Rejoin) bool {
 	}
 	n := h.node()
 	id := r.ID()
+	canTake := func() bool {
+		return n.rm.Role() == RoleMain && n.sess != nil && id.LocalAddr == n.svc && n.listeners[id.LocalPort] != nil && n.mains[id] == nil
+	}
+	n.mu.Lock()
+	ok := canTake()
+	n.mu.Unlock()
+	if !ok {
+		return false // before encoding anything
+	}
 	msg := Message{Type: MsgRejoin, Conn: id, Snapshot: &rj.Snapshot, Written: rj.Written, State: rj.State}
 	if b, err := marshalSnapshot(&msg); err != nil || len(b)+len(rj.State)+8 > MaxSnapshot {
 		// Too much in flight to ship in one frame now; the next
@@ -105,7 +114,7 @@ func (h *mainHook) Rejoined(r *stack.Replica, rj stack.Rejoin) bool {
 	mc := &mainConn{r: r, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked(), prog: r.ProgressLocked()}
 	n.mu.Lock()
 	s, epoch := n.sess, n.rm.Epoch()
-	take := n.rm.Role() == RoleMain && s != nil && id.LocalAddr == n.svc && n.listeners[id.LocalPort] != nil && n.mains[id] == nil
+	take := canTake()
 	if take {
 		n.mains[id] = mc // see Opened
 	}

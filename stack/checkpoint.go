@@ -82,7 +82,10 @@ func (c *Conn) Checkpoint(state []byte) error {
 		ep.ckpt = ck
 	}
 	ck.read = ep.c.ReceivedEnd() - tcp.Seq(ep.c.Readable())
-	ck.written = ep.c.WrittenEnd()
+	// The application's own position: on a connection that went live
+	// from a standby it may still be behind the output (skipOut) or ahead
+	// of it (held).
+	ck.written = ep.c.WrittenEnd() - tcp.Seq(ep.skipOut) + tcp.Seq(ep.held.Len())
 	ck.state = append(ck.state[:0], state...)
 	ck.since.Reset()
 	ck.overflow = false
@@ -186,10 +189,19 @@ func (ep *endpoint) rejoinLocked(h ReplicationHook) bool {
 		return false
 	case ep.c.Gate().Enabled:
 		return false // replicated now: a hook that lets a connection go opens its gate
+	case ep.held.Len() > 0, ep.skipOut > 0:
+		return false // just gone live, its application not yet level with its output
+	case ep.c.WrittenEnd().Sub(ck.written) > maxRejoinData:
+		return false // the backup's application would have too much to write again
 	case ck.since.Len()+ep.c.Readable()+int(ep.c.WrittenEnd().Sub(ep.c.SndUna())) > maxRejoinData:
 		return false // too much in flight for one frame; try at the next checkpoint
 	}
 	snap := ep.c.Snapshot()
+	if snap.ReadShutdown {
+		// CloseRead dropped input the checkpoint's replay needs.
+		ck.overflow = true
+		return false
+	}
 	since := ck.since.Bytes()
 	if len(since)+len(snap.RecvData) > snap.Config.ReceiveBufferSize {
 		return false // the backup's buffer could not hold it; try at the next checkpoint
@@ -222,6 +234,11 @@ func (s *Stack) AdoptResumed(rj Rejoin, l *Listener) (*Standby, error) {
 	case rj.Written.Greater(snap.SndBufSeq.Add(uint32(len(snap.SendData)))):
 		return nil, fmt.Errorf("stack: resume %v: %w: checkpoint output at %d beyond the output %d",
 			snap.ID, tcp.ErrBadSnapshot, rj.Written, snap.SndBufSeq.Add(uint32(len(snap.SendData))))
+	case snap.SndBufSeq.Add(uint32(len(snap.SendData))).Sub(rj.Written) > maxRejoinData:
+		// More than the main offers (rejoinLocked): a hostile or corrupt
+		// position, which the application could never catch up with.
+		return nil, fmt.Errorf("stack: resume %v: %w: checkpoint output at %d, more than %d bytes before the output's end",
+			snap.ID, tcp.ErrBadSnapshot, rj.Written, maxRejoinData)
 	}
 	return s.adoptStandby(snap, l, func(ep *endpoint) {
 		ep.appNext = rj.Written

@@ -157,3 +157,88 @@ func TestCheckpointLimits(t *testing.T) {
 	require.NoError(t, m.Close())
 	require.ErrorIs(t, m.Checkpoint(nil), net.ErrClosed)
 }
+
+// catchUpHook is rejoinHook keeping the standby for the test to take over.
+type catchUpHook struct {
+	*syncHook
+	sb *Standby
+}
+
+func (h *catchUpHook) Rejoined(r *Replica, rj Rejoin) bool {
+	sb, err := h.backup.AdoptResumed(rj, h.l)
+	if err != nil {
+		h.t.Errorf("adopt resumed: %v", err)
+		return false
+	}
+	h.sb = sb
+	r.Value.Store(&syncState{sb: sb, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked()})
+	r.SetGateLocked(tcp.Gate{Enabled: true, OpenOK: true, AckLimit: sb.ReceivedEnd(), SendLimit: sb.WrittenEnd()})
+	return true
+}
+
+// TestTakeoverBeforeResumedCatchesUp: the main dies right after a rejoin,
+// before the backup's resumed application has written again what the
+// main's wrote since the checkpoint. Gone live, the application writes
+// those bytes again; the client has them already and must not get them
+// twice. (Found in review: the bytes went out a second time.)
+func TestTakeoverBeforeResumedCatchesUp(t *testing.T) {
+	tr := newTrio(t, 63)
+	tr.main.SetReplicationHook(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := tr.client.DialTCP(ctx, tr.client.Addr(), netip.AddrPortFrom(tr.svc, 7))
+	require.NoError(t, err)
+	t.Cleanup(func() { cc.Close() })
+	mc, err := tr.ml.Accept()
+	require.NoError(t, err)
+	m := mc.(*Conn)
+	buf := make([]byte, 2)
+	for _, msg := range []string{"ab", "cd"} {
+		_, err := cc.Write([]byte(msg))
+		require.NoError(t, err)
+		_, err = io.ReadFull(m, buf)
+		require.NoError(t, err)
+		_, err = m.Write(buf)
+		require.NoError(t, err)
+		if msg == "ab" {
+			require.NoError(t, m.Checkpoint(nil))
+		}
+	}
+	got := make([]byte, 4)
+	_, err = io.ReadFull(cc, got)
+	require.NoError(t, err)
+	require.Equal(t, "abcd", string(got))
+
+	hook := &catchUpHook{syncHook: tr.hook}
+	tr.main.SetReplicationHook(hook)
+	require.Equal(t, 1, tr.main.RejoinAll())
+	bc, err := tr.bl.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { bc.Close() })
+
+	// The main dies before the backup's application caught up.
+	tr.h.Cut(1, true)
+	tr.main.Close()
+	require.NoError(t, tr.backup.AddAddress(tr.svc))
+	require.NoError(t, tr.backup.SendGratuitousARP(tr.svc, 1, 0))
+	require.NoError(t, hook.sb.GoLive(hook.sb.WrittenEnd(), 5))
+
+	// The resumed application catches up: reads "cd", writes it again.
+	_, err = io.ReadFull(bc, buf)
+	require.NoError(t, err)
+	require.Equal(t, "cd", string(buf))
+	_, err = bc.Write(buf)
+	require.NoError(t, err)
+	// Then new traffic.
+	_, err = cc.Write([]byte("xy"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(bc, buf)
+	require.NoError(t, err)
+	_, err = bc.Write(buf)
+	require.NoError(t, err)
+	cc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err = io.ReadFull(cc, got[:2])
+	require.NoError(t, err)
+	require.Equal(t, "xy", string(got[:2]), "the client got the rewritten output twice")
+	assert.Zero(t, tr.backup.TCPStats().Diverged)
+}

@@ -316,8 +316,45 @@ func (sb *Standby) GoLive(sent tcp.Seq, dupAcks int) error {
 	if err := ep.c.GoLive(now, sent, dupAcks); err != nil {
 		return err
 	}
+	if end := ep.c.WrittenEnd(); ep.held.Len() == 0 && end.Greater(ep.appNext) {
+		// The application is behind the main's output (it was adopted
+		// from a checkpoint, or is slow): the bytes it will write up to
+		// there are the client's already, or queued.
+		ep.skipOut = int(end.Sub(ep.appNext))
+	}
 	ep.afterLocked(now)
 	return nil
+}
+
+// skipWrittenLocked takes the first of p that a connection gone live
+// behind the main's output has written already (skipOut), compares it
+// with what is still buffered of the main's, and returns how much it
+// took. The caller holds ep.mu.
+func (ep *endpoint) skipWrittenLocked(p []byte) int {
+	k := min(len(p), ep.skipOut)
+	from := ep.c.WrittenEnd() - tcp.Seq(ep.skipOut)
+	ep.compareWrittenLocked(from, p[:k])
+	ep.skipOut -= k
+	return k
+}
+
+// compareWrittenLocked compares p, the application's bytes for the
+// output from seq from, with the main's output the connection still
+// buffers there (the client's acknowledgements trim the oldest), and
+// counts a difference as a divergence. The caller holds ep.mu.
+func (ep *endpoint) compareWrittenLocked(from tcp.Seq, p []byte) {
+	skip := 0
+	if oldest := ep.c.WrittenEnd() - tcp.Seq(ep.c.Unsent()); oldest.Greater(from) {
+		skip = min(int(oldest.Sub(from)), len(p))
+	}
+	if skip == len(p) {
+		return
+	}
+	var err error
+	ep.cmpBuf, err = ep.c.AppendWrittenMax(ep.cmpBuf[:0], from.Add(uint32(skip)), len(p)-skip)
+	if err == nil && !bytes.Equal(ep.cmpBuf, p[skip:]) {
+		ep.t.n.diverged.Add(1)
+	}
 }
 
 // holdStandbyWriteLocked takes a hot-standby application's write. The
@@ -342,19 +379,7 @@ func (ep *endpoint) holdStandbyWriteLocked(p []byte) (int, error) {
 	covered := 0
 	if ep.held.Len() == 0 && mainEnd.Greater(ep.appNext) {
 		covered = min(len(p), int(mainEnd.Sub(ep.appNext)))
-		// Compare with the main's bytes the standby still holds: the
-		// client may have acknowledged, and so trimmed, the oldest.
-		from := ep.appNext
-		if oldest := mainEnd - tcp.Seq(ep.c.Unsent()); oldest.Greater(from) {
-			from = oldest
-		}
-		if skip := int(from.Sub(ep.appNext)); skip < covered {
-			var err error
-			ep.cmpBuf, err = ep.c.AppendWrittenMax(ep.cmpBuf[:0], from, covered-skip)
-			if err == nil && !bytes.Equal(ep.cmpBuf, p[skip:covered]) {
-				ep.t.n.diverged.Add(1)
-			}
-		}
+		ep.compareWrittenLocked(ep.appNext, p[:covered])
 	}
 	n := covered + min(len(p)-covered, max(ep.c.Writable()-ep.held.Len(), 0))
 	ep.held.Append(p[covered:n])

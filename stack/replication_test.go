@@ -504,3 +504,37 @@ func TestStandbyOnRead(t *testing.T) {
 	require.Equal(t, "again", string(buf[:n]))
 	require.Equal(t, int32(1), calls.Load(), "no calls after OnRead(nil)")
 }
+
+// TestTakeoverWithLaggingStandby: a standby whose application has not yet
+// written what the main's did when it goes live must not send those bytes
+// again when its application gets to them. (Found in review.)
+func TestTakeoverWithLaggingStandby(t *testing.T) {
+	tr := newTrio(t, 64)
+	c, cm, cb := tr.dialAccept(t, 64)
+	buf := make([]byte, 2)
+	_, err := c.Write([]byte("ab"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(cm, buf)
+	require.NoError(t, err)
+	_, err = cm.Write(buf)
+	require.NoError(t, err)
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+	tr.takeover(t)
+	// The backup's application only now reads and answers "ab".
+	_, err = io.ReadFull(cb, buf)
+	require.NoError(t, err)
+	_, err = cb.Write(buf)
+	require.NoError(t, err)
+	_, err = c.Write([]byte("xy"))
+	require.NoError(t, err)
+	_, err = io.ReadFull(cb, buf)
+	require.NoError(t, err)
+	_, err = cb.Write(buf)
+	require.NoError(t, err)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+	require.Equal(t, "xy", string(buf), "the client got the standby's late answer twice")
+	require.Zero(t, tr.backup.TCPStats().Diverged)
+}

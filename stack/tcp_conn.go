@@ -197,6 +197,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 		case ep.held.Len() > 0:
 			// Gone live with bytes still held from the standby: these
 			// wait behind them (flushHeldLocked).
+		case ep.skipOut > 0:
+			// Gone live while the application was behind the main's
+			// output: what it writes again is not sent twice.
+			n = ep.skipWrittenLocked(p[total:])
 		default:
 			n, err = ep.c.Write(p[total:])
 			if n > 0 {

@@ -306,6 +306,10 @@ type endpoint struct {
 	onRead  func()
 	held    bytequeue.Queue // a hot standby application's writes beyond the main's
 	appNext tcp.Seq         // where the hot standby application's next byte goes
+	// skipOut counts the bytes a connection that went live while its
+	// application was behind the main's output will write again: they
+	// are compared and dropped, not sent (skipWrittenLocked).
+	skipOut int
 	// A hot standby application's Close or CloseWrite, held until the
 	// connection goes live (the main's close is the one the client gets).
 	appClosed, appWriteClosed bool
