@@ -58,6 +58,8 @@ type Node struct {
 	testBeforeBatch atomic.Pointer[func()]
 
 	stats Stats
+	// bg counts the goroutines Run waits for besides its own (rejoinAll).
+	bg sync.WaitGroup
 }
 
 // Stats counts what the failover layer did and saw.
@@ -233,6 +235,7 @@ func (n *Node) Run(ctx context.Context) error {
 	defer func() {
 		cancel()
 		wg.Wait()
+		n.bg.Wait()
 	}()
 	wg.Add(1)
 	go func() {
@@ -416,11 +419,24 @@ func (n *Node) unprotect(silence time.Duration) {
 // protect: a backup joined; replicate to it from now on.
 func (n *Node) protect() {
 	n.st.SetReplicationHook((*mainHook)(n))
+	n.log.Info("backup joined: new connections are protected, and open ones from their checkpoints")
 	// Connections already open rejoin from their applications'
 	// checkpoints (stack.Conn.Checkpoint); the others stay unprotected
 	// until they end.
-	rejoined := n.st.RejoinAll()
-	n.log.Info("backup joined: new connections are protected, and open ones from their checkpoints", "rejoined", rejoined)
+	n.rejoinAll()
+}
+
+// rejoinAll offers the open connections to the backup (stack.RejoinAll)
+// on a goroutine of its own: snapshotting and encoding them must not hold
+// up the role loop or the session reader, and so the heartbeats.
+func (n *Node) rejoinAll() {
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		if k := n.st.RejoinAll(); k > 0 {
+			n.log.Info("open connections rejoined from their checkpoints", "connections", k)
+		}
+	}()
 }
 
 // --- The sync connection ---
@@ -800,7 +816,7 @@ func (s *session) handle(m *Message) error {
 		// Still the main, with a new session: protect() will not run
 		// again, so the connections just detached rejoin from their
 		// checkpoints now.
-		n.st.RejoinAll()
+		n.rejoinAll()
 	}
 
 	switch m.Type {

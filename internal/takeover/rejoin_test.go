@@ -185,7 +185,7 @@ func TestBackupRestartThenKillMain(t *testing.T) {
 	// one echo.
 	time.Sleep(warmup)
 	for _, line := range strings.Split(p.Main.Output(), "\n") {
-		if strings.Contains(line, LogProtected) {
+		if strings.Contains(line, LogProtected) || strings.Contains(line, "rejoined") {
 			t.Logf("main: %s", line)
 		}
 	}
