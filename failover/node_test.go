@@ -73,6 +73,40 @@ func testLogger(t testing.TB, name string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", name)
 }
 
+// hubWithClient is an in-memory hub of three ports with a client stack on
+// the first; the main's and the backup's go on the others.
+func hubWithClient(t testing.TB) (*pipe.Hub, []*pipe.Device, *stack.Stack) {
+	hub, devs := pipe.NewHub(3, 1500)
+	t.Cleanup(hub.Close)
+	ccfg := stack.Default()
+	ccfg.Addr = clientAddr
+	ccfg.Prefix = netip.MustParsePrefix("10.77.3.0/24")
+	ccfg.MAC = net.HardwareAddr{2, 0, 0, 0, 3, 10}
+	client, err := stack.New(devs[0], ccfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close() })
+	return hub, devs, client
+}
+
+// runNode runs the main or the backup with app on dev until the test ends
+// or the returned function kills it.
+func runNode(t testing.TB, backup bool, app rfsis.App, dev *pipe.Device) (kill func()) {
+	name := "main"
+	if backup {
+		name = "backup"
+	}
+	ctx, kill := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- rfsis.RunContext(ctx, nodeConfig(backup), app, rfsis.Options{Device: dev, Logger: testLogger(t, name)})
+	}()
+	t.Cleanup(func() {
+		kill()
+		<-done
+	})
+	return kill
+}
+
 // pairUp starts a main and a backup running echoApp and a client stack
 // on an in-memory hub, and waits until the main is protected.
 func pairUp(t testing.TB) (hub *pipe.Hub, client *stack.Stack, mainNode, backupNode *rfsis.Node, killMain func()) {
@@ -81,33 +115,10 @@ func pairUp(t testing.TB) (hub *pipe.Hub, client *stack.Stack, mainNode, backupN
 
 // pairUpWith is pairUp with the main's and the backup's applications.
 func pairUpWith(t testing.TB, mainApp, backupApp func(chan<- *rfsis.Node) rfsis.App) (hub *pipe.Hub, client *stack.Stack, mainNode, backupNode *rfsis.Node, killMain func()) {
-	hub, devs := pipe.NewHub(3, 1500)
-	t.Cleanup(hub.Close)
-	ccfg := stack.Default()
-	ccfg.Addr = clientAddr
-	ccfg.Prefix = netip.MustParsePrefix("10.77.3.0/24")
-	ccfg.MAC = net.HardwareAddr{2, 0, 0, 0, 3, 10}
-	var err error
-	client, err = stack.New(devs[0], ccfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { client.Close() })
-
+	hub, devs, client := hubWithClient(t)
 	nodes := make(chan *rfsis.Node, 2)
-	mainCtx, killMain := context.WithCancel(context.Background())
-	backupCtx, stopBackup := context.WithCancel(context.Background())
-	mainDone, backupDone := make(chan error, 1), make(chan error, 1)
-	go func() {
-		mainDone <- rfsis.RunContext(mainCtx, nodeConfig(false), mainApp(nodes), rfsis.Options{Device: devs[1], Logger: testLogger(t, "main")})
-	}()
-	go func() {
-		backupDone <- rfsis.RunContext(backupCtx, nodeConfig(true), backupApp(nodes), rfsis.Options{Device: devs[2], Logger: testLogger(t, "backup")})
-	}()
-	t.Cleanup(func() {
-		killMain()
-		stopBackup()
-		<-mainDone
-		<-backupDone
-	})
+	killMain = runNode(t, false, mainApp(nodes), devs[1])
+	runNode(t, true, backupApp(nodes), devs[2])
 	for range 2 {
 		n := <-nodes
 		if n.Config().Backup {

@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/zppratt/rfsis"
-	"github.com/zppratt/rfsis/link/pipe"
 	"github.com/zppratt/rfsis/stack"
 )
 
@@ -61,32 +60,9 @@ var counterApp = listeningApp(func(ctx context.Context, l net.Listener) error {
 // handlers' checkpoints, and come through the main's death with their
 // state: the backup's handlers resume the count where the main's were.
 func TestRejoinFromCheckpoint(t *testing.T) {
-	hub, devs := pipe.NewHub(3, 1500)
-	t.Cleanup(hub.Close)
-	ccfg := stack.Default()
-	ccfg.Addr = clientAddr
-	ccfg.Prefix = netip.MustParsePrefix("10.77.3.0/24")
-	ccfg.MAC = net.HardwareAddr{2, 0, 0, 0, 3, 10}
-	client, err := stack.New(devs[0], ccfg)
-	require.NoError(t, err)
-	t.Cleanup(func() { client.Close() })
-
+	hub, devs, client := hubWithClient(t)
 	nodes := make(chan *rfsis.Node, 2)
-	mainCtx, killMain := context.WithCancel(context.Background())
-	backupCtx, stopBackup := context.WithCancel(context.Background())
-	mainDone, backupDone := make(chan error, 1), make(chan error, 1)
-	go func() {
-		mainDone <- rfsis.RunContext(mainCtx, nodeConfig(false), counterApp(nodes), rfsis.Options{Device: devs[1], Logger: testLogger(t, "main")})
-	}()
-	backupStarted := false
-	t.Cleanup(func() {
-		killMain()
-		stopBackup()
-		<-mainDone
-		if backupStarted {
-			<-backupDone
-		}
-	})
+	killMain := runNode(t, false, counterApp(nodes), devs[1])
 	mainNode := <-nodes
 	// Alone, the main serves (unprotected) once its detection window has
 	// passed without a peer.
@@ -128,10 +104,7 @@ func TestRejoinFromCheckpoint(t *testing.T) {
 	}
 	exchange(20) // unprotected: no backup yet; 20 answers, the last 2 after a checkpoint
 
-	go func() {
-		backupDone <- rfsis.RunContext(backupCtx, nodeConfig(true), counterApp(nodes), rfsis.Options{Device: devs[2], Logger: testLogger(t, "backup")})
-	}()
-	backupStarted = true
+	runNode(t, true, counterApp(nodes), devs[2])
 	backupNode := <-nodes
 	require.Eventually(t, func() bool {
 		return mainNode.Failover().Stats().ConnsRejoined.Load() >= conns

@@ -11,8 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/zppratt/rfsis/stack/tcp"
 )
 
 // rejoinHook is syncHook that also takes connections from checkpoints.
@@ -31,19 +29,16 @@ func (h *rejoinHook) Rejoined(r *Replica, rj Rejoin) bool {
 		h.t.Errorf("adopt resumed: %v", err)
 		return false
 	}
-	r.Value.Store(&syncState{sb: sb, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked()})
-	r.SetGateLocked(tcp.Gate{Enabled: true, OpenOK: true, AckLimit: sb.ReceivedEnd(), SendLimit: sb.WrittenEnd()})
+	h.attach(r, sb)
 	return true
 }
 
-// TestCheckpointRejoin: a connection served before any hook was installed
-// is offered to a RejoinHook from its application's checkpoint, and the
-// backup's copy starts where the checkpoint was: its application gets the
-// checkpoint's state, reads the input since the checkpoint, and its
-// output since then is checked against the main's (no divergence).
-func TestCheckpointRejoin(t *testing.T) {
-	tr := newTrio(t, 61)
-	tr.main.SetReplicationHook(nil) // no backup yet
+// unprotectedConn returns a trio that replicates nothing yet (no backup)
+// and a connection from its client to its main, both ends.
+func unprotectedConn(t *testing.T, n byte) (tr *trio, cc, m *Conn) {
+	t.Helper()
+	tr = newTrio(t, n)
+	tr.main.SetReplicationHook(nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	cc, err := tr.client.DialTCP(ctx, tr.client.Addr(), netip.AddrPortFrom(tr.svc, 7))
@@ -52,12 +47,13 @@ func TestCheckpointRejoin(t *testing.T) {
 	mc, err := tr.ml.Accept()
 	require.NoError(t, err)
 	t.Cleanup(func() { mc.Close() })
-	m := mc.(*Conn)
-	_, ok := m.Resumed()
-	assert.False(t, ok, "a connection of this node's own is not resumed")
+	return tr, cc, mc.(*Conn)
+}
 
-	// "ab" answered then checkpointed with state "1"; "cd" answered after
-	// the checkpoint; "ef" sent but not read.
+// echoABCD has the client send "ab" then "cd" and the main echo each, with
+// a checkpoint of state after "ab" only, and the client read "abcd".
+func echoABCD(t *testing.T, cc, m *Conn, state []byte) {
+	t.Helper()
 	buf := make([]byte, 2)
 	for _, msg := range []string{"ab", "cd"} {
 		_, err := cc.Write([]byte(msg))
@@ -67,13 +63,31 @@ func TestCheckpointRejoin(t *testing.T) {
 		_, err = m.Write(buf)
 		require.NoError(t, err)
 		if msg == "ab" {
-			require.NoError(t, m.Checkpoint([]byte("1")))
+			require.NoError(t, m.Checkpoint(state))
 		}
 	}
 	got := make([]byte, 4)
-	_, err = io.ReadFull(cc, got)
+	_, err := io.ReadFull(cc, got)
 	require.NoError(t, err)
-	_, err = cc.Write([]byte("ef"))
+	require.Equal(t, "abcd", string(got))
+}
+
+// TestCheckpointRejoin: a connection served before any hook was installed
+// is offered to a RejoinHook from its application's checkpoint, and the
+// backup's copy starts where the checkpoint was: its application gets the
+// checkpoint's state, reads the input since the checkpoint, and its
+// output since then is checked against the main's (no divergence).
+func TestCheckpointRejoin(t *testing.T) {
+	tr, cc, m := unprotectedConn(t, 61)
+	_, ok := m.Resumed()
+	assert.False(t, ok, "a connection of this node's own is not resumed")
+
+	// "ab" answered then checkpointed with state "1"; "cd" answered after
+	// the checkpoint; "ef" sent but not read.
+	echoABCD(t, cc, m, []byte("1"))
+	buf := make([]byte, 2)
+	got := make([]byte, 2)
+	_, err := cc.Write([]byte("ef"))
 	require.NoError(t, err)
 	waitFor(t, "ef arrived", func() bool {
 		read, arrived := m.ReadPos()
@@ -108,9 +122,9 @@ func TestCheckpointRejoin(t *testing.T) {
 	require.NoError(t, err)
 	_, err = m.Write(buf)
 	require.NoError(t, err)
-	_, err = io.ReadFull(cc, got[:2])
+	_, err = io.ReadFull(cc, got)
 	require.NoError(t, err)
-	assert.Equal(t, "ef", string(got[:2]))
+	assert.Equal(t, "ef", string(got))
 	waitFor(t, "the backup compared", func() bool {
 		b.ep.mu.Lock()
 		defer b.ep.mu.Unlock()
@@ -120,18 +134,9 @@ func TestCheckpointRejoin(t *testing.T) {
 }
 
 func TestCheckpointLimits(t *testing.T) {
-	tr := newTrio(t, 62)
-	tr.main.SetReplicationHook(nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cc, err := tr.client.DialTCP(ctx, tr.client.Addr(), netip.AddrPortFrom(tr.svc, 7))
-	require.NoError(t, err)
-	t.Cleanup(func() { cc.Close() })
-	mc, err := tr.ml.Accept()
-	require.NoError(t, err)
-	m := mc.(*Conn)
+	tr, cc, m := unprotectedConn(t, 62)
 
-	err = m.Checkpoint(make([]byte, MaxCheckpointState+1))
+	err := m.Checkpoint(make([]byte, MaxCheckpointState+1))
 	require.ErrorIs(t, err, ErrCheckpointTooLarge)
 	var oe *net.OpError
 	require.True(t, errors.As(err, &oe), "a *net.OpError")
@@ -158,72 +163,26 @@ func TestCheckpointLimits(t *testing.T) {
 	require.ErrorIs(t, m.Checkpoint(nil), net.ErrClosed)
 }
 
-// catchUpHook is rejoinHook keeping the standby for the test to take over.
-type catchUpHook struct {
-	*syncHook
-	sb *Standby
-}
-
-func (h *catchUpHook) Rejoined(r *Replica, rj Rejoin) bool {
-	sb, err := h.backup.AdoptResumed(rj, h.l)
-	if err != nil {
-		h.t.Errorf("adopt resumed: %v", err)
-		return false
-	}
-	h.sb = sb
-	r.Value.Store(&syncState{sb: sb, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked()})
-	r.SetGateLocked(tcp.Gate{Enabled: true, OpenOK: true, AckLimit: sb.ReceivedEnd(), SendLimit: sb.WrittenEnd()})
-	return true
-}
-
 // TestTakeoverBeforeResumedCatchesUp: the main dies right after a rejoin,
 // before the backup's resumed application has written again what the
 // main's wrote since the checkpoint. Gone live, the application writes
 // those bytes again; the client has them already and must not get them
 // twice. (Found in review: the bytes went out a second time.)
 func TestTakeoverBeforeResumedCatchesUp(t *testing.T) {
-	tr := newTrio(t, 63)
-	tr.main.SetReplicationHook(nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	cc, err := tr.client.DialTCP(ctx, tr.client.Addr(), netip.AddrPortFrom(tr.svc, 7))
-	require.NoError(t, err)
-	t.Cleanup(func() { cc.Close() })
-	mc, err := tr.ml.Accept()
-	require.NoError(t, err)
-	m := mc.(*Conn)
-	buf := make([]byte, 2)
-	for _, msg := range []string{"ab", "cd"} {
-		_, err := cc.Write([]byte(msg))
-		require.NoError(t, err)
-		_, err = io.ReadFull(m, buf)
-		require.NoError(t, err)
-		_, err = m.Write(buf)
-		require.NoError(t, err)
-		if msg == "ab" {
-			require.NoError(t, m.Checkpoint(nil))
-		}
-	}
-	got := make([]byte, 4)
-	_, err = io.ReadFull(cc, got)
-	require.NoError(t, err)
-	require.Equal(t, "abcd", string(got))
+	tr, cc, m := unprotectedConn(t, 63)
+	echoABCD(t, cc, m, nil)
 
-	hook := &catchUpHook{syncHook: tr.hook}
-	tr.main.SetReplicationHook(hook)
+	tr.main.SetReplicationHook(&rejoinHook{syncHook: tr.hook})
 	require.Equal(t, 1, tr.main.RejoinAll())
 	bc, err := tr.bl.Accept()
 	require.NoError(t, err)
 	t.Cleanup(func() { bc.Close() })
 
 	// The main dies before the backup's application caught up.
-	tr.h.Cut(1, true)
-	tr.main.Close()
-	require.NoError(t, tr.backup.AddAddress(tr.svc))
-	require.NoError(t, tr.backup.SendGratuitousARP(tr.svc, 1, 0))
-	require.NoError(t, hook.sb.GoLive(hook.sb.WrittenEnd(), 5))
+	tr.takeover(t)
 
 	// The resumed application catches up: reads "cd", writes it again.
+	buf := make([]byte, 2)
 	_, err = io.ReadFull(bc, buf)
 	require.NoError(t, err)
 	require.Equal(t, "cd", string(buf))
@@ -237,8 +196,8 @@ func TestTakeoverBeforeResumedCatchesUp(t *testing.T) {
 	_, err = bc.Write(buf)
 	require.NoError(t, err)
 	cc.SetReadDeadline(time.Now().Add(2 * time.Second))
-	_, err = io.ReadFull(cc, got[:2])
+	_, err = io.ReadFull(cc, buf)
 	require.NoError(t, err)
-	require.Equal(t, "xy", string(got[:2]), "the client got the rewritten output twice")
+	require.Equal(t, "xy", string(buf), "the client got the rewritten output twice")
 	assert.Zero(t, tr.backup.TCPStats().Diverged)
 }

@@ -44,12 +44,16 @@ func (h *syncHook) Opened(r *Replica, snap tcp.Snapshot) {
 		h.t.Errorf("adopt: %v", err)
 		return
 	}
+	h.attach(r, sb)
+}
+
+// attach starts replicating r to its standby sb, from inside a callback.
+func (h *syncHook) attach(r *Replica, sb *Standby) {
 	h.mu.Lock()
 	h.standbys = append(h.standbys, sb)
 	h.mu.Unlock()
 	r.Value.Store(&syncState{sb: sb, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked()})
-	g := tcp.Gate{Enabled: true, OpenOK: true, AckLimit: sb.ReceivedEnd(), SendLimit: sb.WrittenEnd()}
-	r.SetGateLocked(g)
+	r.SetGateLocked(tcp.Gate{Enabled: true, OpenOK: true, AckLimit: sb.ReceivedEnd(), SendLimit: sb.WrittenEnd()})
 }
 
 func (h *syncHook) Changed(r *Replica) {

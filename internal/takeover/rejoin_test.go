@@ -49,18 +49,10 @@ func TestBackupRestartWhileMainServes(t *testing.T) {
 	waitOutput(t, p.Main, takeoverWait, LogUnprotected)
 	<-p.Backup.Done()
 
-	// The same configuration, at once.
-	joined := p.Joins()
+	// The same configuration, at once. Whichever comes first: the main
+	// protected again, or the new backup serving (the failure).
 	restarted := time.Now()
-	proc, err := p.StartNode(true)
-	require.NoError(t, err)
-	p.Backup = proc
-
-	// Whichever comes first: the main protected again, or the new backup
-	// serving (the failure).
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err = p.WaitJoined(ctx, joined)
+	err := restartBackup(t, p)
 	if err != nil && !errors.Is(err, ErrStartRace) {
 		t.Fatalf("the restarted backup neither joined nor took over: %v", err)
 	}
@@ -150,6 +142,20 @@ func TestBackupPauseThenKillMain(t *testing.T) {
 	assertStall(t, s, stallBound)
 }
 
+// restartBackup starts a new backup process with the pair's configuration
+// and waits until the main logs that it joined (Pair.WaitJoined's error:
+// ErrStartRace if the new backup took the service over instead).
+func restartBackup(t *testing.T, p *Pair) error {
+	t.Helper()
+	joined := p.Joins()
+	proc, err := p.StartNode(true)
+	require.NoError(t, err)
+	p.Backup = proc
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return p.WaitJoined(ctx, joined)
+}
+
 // endedCleanly reports whether err is a connection ending its client can
 // act on at once: a reset. (An EOF short of the bytes sent is not: the
 // client would take it for an orderly end and lose data silently.)
@@ -173,13 +179,7 @@ func TestBackupRestartThenKillMain(t *testing.T) {
 	// its death would do.
 	time.Sleep(200 * time.Millisecond)
 
-	joined := p.Joins()
-	proc, err := p.StartNode(true)
-	require.NoError(t, err)
-	p.Backup = proc
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, p.WaitJoined(ctx, joined), "the restarted backup did not join (backup log:\n%s)", p.Backup.Output())
+	require.NoError(t, restartBackup(t, p), "the restarted backup did not join (backup log:\n%s)", p.Backup.Output())
 	// Connections not taken when the backup joined (too much in flight
 	// at that instant) are offered again at their next checkpoint, within
 	// one echo.
