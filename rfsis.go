@@ -256,8 +256,8 @@ func statusSource(st *stack.Stack, fn *failover.Node, start time.Time) status.So
 			Takeovers:      fs.Takeovers.Load(), StandDowns: fs.StandDowns.Load(),
 			SyncFramesIn: fs.FramesIn.Load(), SyncFramesOut: fs.FramesOut.Load(), SyncFramesBad: fs.BadFrames.Load(),
 			StandbysAdopted: fs.StandbysAdopted.Load(), Diverged: ts.Diverged,
-			ConnsDropped: fs.ConnsDropped.Load(),
-			FramesIn:     ss.FramesIn, FramesOut: ss.FramesOut,
+			ConnsDropped: fs.ConnsDropped.Load(), OutputSummed: fs.OutputSummed.Load(),
+			FramesIn: ss.FramesIn, FramesOut: ss.FramesOut,
 			Drops: ss.DropShortFrame + ss.DropOtherMAC + ss.DropEtherType + ss.IPv4Malformed + ss.IPv4BadChecksum +
 				ss.IPv4NotOurs + ss.IPv4Fragments + ss.IPv4UnknownProto + ts.BadChecksum + ts.Malformed,
 			TCPSegmentsIn: ts.SegmentsIn, TCPSegmentsOut: ts.SegmentsOut, ResetsSent: ts.ResetsSent,

@@ -68,6 +68,12 @@
 //     the wire only once the backup holds them (SendLimit). The backup's
 //     own hot-standby handler writes are compared with them (divergence is
 //     logged and counted) and held.
+//     OUTSUM(conn id, seq, length, CRC-32C) stands for an OUT when the
+//     backup runs the handler and the run is long (sumMin, 8 KiB; see
+//     "Output by checksum" below): the bytes go on the wire only once the
+//     backup has answered CHECKED(conn id, end), saying that its own
+//     handler wrote those bytes and they matched. This is DESIGN.md's
+//     hot-standby form of invariant 3.
 //  4. A FIN goes out only once the backup knows the application closed
 //     (CloseOK, raised by the acknowledgement of the ACKED that carries
 //     FinQueued). CLOSE(conn id, kind) tells the backup a connection
@@ -121,6 +127,35 @@
 //     acknowledged everything written, or every ackedSlack (64 KiB) of
 //     progress, not per acknowledgement; the standby's send buffer is
 //     tcp.StandbySendSlack larger than the main's to allow for it.
+//
+// # Output by checksum
+//
+// A hot standby writes the main's output itself, so shipping those bytes
+// too doubles the sync channel's traffic for an echo-like service (and
+// the sync channel's CPU, the pair's bottleneck on a shared machine:
+// BENCHMARKS.md, "Replication cost"). For each long run of output the
+// main ships a CRC-32C per 64 KiB instead (OUTSUM, computed in place in
+// the send buffer); the backup checks its handler's held writes against
+// it as they come (stack.Standby.WrittenSum, from its reader or from the
+// handler's Write) and answers CHECKED, which opens the gate. So the
+// backup holds every byte the client may have, because its own handler
+// wrote it and it matched: at takeover it retransmits its own copy.
+//
+//   - Only once the backup has said it can check: its first CHECKED, sent
+//     when it adopts a connection that an application on its side accepts
+//     (a copy no application takes gets bytes).
+//   - Short runs, the answers of request/response protocols, go as bytes:
+//     the backup's TCP acknowledgement releases those in one sync round
+//     trip, while a check waits for the backup's handler as well. OUT
+//     bytes that follow an unchecked OUTSUM wait for its check as well.
+//   - Up to sumWindow (1 MiB) of output may wait for checks.
+//   - A mismatch, or a handler that closes without writing the output,
+//     is counted as divergence, and the backup drops its copy (it never
+//     had the main's bytes): the connection goes on unprotected with the
+//     main's output. A handler that never writes it costs the
+//     connection its protection after sumStall (1 s) without a check.
+//   - CRC-32C detects accidental differences, which is what is at stake
+//     (a nondeterministic handler); the channel's MAC keeps forgeries out.
 //
 // One connection's trouble costs only that connection: a backup that
 // cannot apply a message for it (a gap, a full accept queue), or a main

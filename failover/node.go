@@ -74,6 +74,9 @@ type Stats struct {
 	// ConnsDropped counts connections one node stopped replicating (see
 	// CloseDropped); they went on unprotected.
 	ConnsDropped atomic.Uint64
+	// OutputSummed counts the output bytes the main shipped as checksums
+	// (OUTSUM) rather than as bytes.
+	OutputSummed atomic.Uint64
 }
 
 // NewNode prepares a node on a running stack. The stack must own the
@@ -552,6 +555,10 @@ type gateEffect struct {
 	openOK, closeOK     bool
 	hasAck, hasSend     bool
 	ackLimit, sendLimit tcp.Seq
+	// hasNeed: the send limit waits for the backup's check to reach need
+	// (OUT bytes behind output shipped by checksum).
+	hasNeed bool
+	need    tcp.Seq
 }
 
 func (g *gateEffect) merge(o gateEffect) {
@@ -560,8 +567,9 @@ func (g *gateEffect) merge(o gateEffect) {
 	if o.hasAck && (!g.hasAck || g.ackLimit.Less(o.ackLimit)) {
 		g.hasAck, g.ackLimit = true, o.ackLimit
 	}
+	// A later OUT needs at least the check an earlier one needs.
 	if o.hasSend && (!g.hasSend || g.sendLimit.Less(o.sendLimit)) {
-		g.hasSend, g.sendLimit = true, o.sendLimit
+		g.hasSend, g.sendLimit, g.hasNeed, g.need = true, o.sendLimit, o.hasNeed, o.need
 	}
 }
 
@@ -572,9 +580,14 @@ func (g gateEffect) apply() {
 		if g.hasAck && gt.AckLimit.Less(g.ackLimit) {
 			gt.AckLimit = g.ackLimit
 		}
-		if g.hasSend && gt.SendLimit.Less(g.sendLimit) {
-			gt.SendLimit = g.sendLimit
+		if !g.hasSend || !gt.SendLimit.Less(g.sendLimit) {
+			return
 		}
+		if mc, _ := g.r.Value.Load().(*mainConn); g.hasNeed && mc != nil && mc.checked.Less(g.need) {
+			mc.blocked = append(mc.blocked, blockedOut{need: g.need, end: g.sendLimit})
+			return
+		}
+		gt.SendLimit = g.sendLimit
 	})
 }
 
@@ -719,7 +732,7 @@ const maxSpare = 4 << 20
 // backup's CLOSE DROPPED is not).
 func isReplication(m *Message) bool {
 	switch m.Type {
-	case MsgOpen, MsgRejoin, MsgIn, MsgOut, MsgAcked:
+	case MsgOpen, MsgRejoin, MsgIn, MsgOut, MsgOutSum, MsgAcked:
 		return true
 	case MsgClose:
 		return m.Close != CloseDropped
@@ -823,7 +836,11 @@ func (s *session) handle(m *Message) error {
 	case MsgSyncAck:
 		// Acknowledgements are the sync connection's own (onAcked); an
 		// older peer's SYNCACK says nothing more.
-	case MsgOpen, MsgRejoin, MsgIn, MsgOut, MsgAcked, MsgClose:
+	case MsgChecked:
+		if role == RoleMain {
+			n.checkedByBackup(m)
+		}
+	case MsgOpen, MsgRejoin, MsgIn, MsgOut, MsgOutSum, MsgAcked, MsgClose:
 		if m.Type == MsgClose && m.Close == CloseDropped && role == RoleMain {
 			n.backupDropped(m.Conn)
 			return nil
@@ -838,7 +855,7 @@ func (s *session) handle(m *Message) error {
 			}
 			return nil
 		}
-		if err := n.applyReplication(m); err != nil {
+		if err := n.applyReplication(s, m); err != nil {
 			n.dropStandby(s, m, err)
 		}
 	}

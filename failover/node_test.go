@@ -408,3 +408,97 @@ func TestLaggingStandbyIsDropped(t *testing.T) {
 	r, _ := mainNode.Failover().Role()
 	require.Equal(t, failover.RoleMain, r)
 }
+
+// bulkEcho sends size bytes on c while reading the echo, and checks it.
+// after, if set, runs once half the bytes are back.
+func bulkEcho(t *testing.T, c *stack.Conn, size int, after func()) {
+	t.Helper()
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i*11/7 + i>>13)
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		wrote <- err
+	}()
+	got := make([]byte, len(data))
+	_, err := io.ReadFull(c, got[:size/2])
+	require.NoError(t, err)
+	if after != nil {
+		after()
+	}
+	_, err = io.ReadFull(c, got[size/2:])
+	require.NoError(t, err)
+	require.NoError(t, <-wrote)
+	require.True(t, bytes.Equal(data, got), "the echo differs from what was sent")
+}
+
+// TestBulkOutputByChecksumSurvivesTakeover: a bulk echo's output goes to
+// the backup as checksums that its own application's output is checked
+// against (OUTSUM, CHECKED), and the client gets every byte once and in
+// order through a kill of the main.
+func TestBulkOutputByChecksumSurvivesTakeover(t *testing.T) {
+	hub, client, mainNode, backupNode, killMain := pairUp(t)
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	bulkEcho(t, c, 4<<20, func() {
+		hub.Cut(1, true)
+		killMain()
+	})
+	require.NotZero(t, mainNode.Failover().Stats().OutputSummed.Load(), "the output went as checksums")
+	require.Equal(t, uint64(1), backupNode.Failover().Stats().Takeovers.Load())
+	require.Zero(t, backupNode.Failover().Stats().ConnsDropped.Load())
+	require.Zero(t, backupNode.Stack().TCPStats().Diverged)
+}
+
+// TestDivergentOutputByChecksum: the backup's application answers
+// something else than the main's. The checksum does not match; the backup
+// counts it, drops its copy and tells the main, which serves the client
+// on, unprotected, with its own output.
+func TestDivergentOutputByChecksum(t *testing.T) {
+	shouting := listeningApp(func(ctx context.Context, l net.Listener) error {
+		return rfsis.Serve(ctx, l, func(c net.Conn) {
+			b := make([]byte, 32<<10)
+			for {
+				k, err := c.Read(b)
+				if err != nil {
+					return
+				}
+				for i := range b[:k] {
+					b[i]++
+				}
+				if _, err := c.Write(b[:k]); err != nil {
+					return
+				}
+			}
+		})
+	})
+	_, client, mainNode, backupNode, _ := pairUpWith(t, echoApp, shouting)
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	bulkEcho(t, c, 1<<20, nil)
+	require.NotZero(t, backupNode.Stack().TCPStats().Diverged)
+	require.Equal(t, uint64(1), backupNode.Failover().Stats().ConnsDropped.Load())
+	require.Eventually(t, func() bool { return mainNode.Failover().Stats().ConnsDropped.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the main learns that the backup dropped its copy")
+	require.Zero(t, mainNode.Failover().ProtectedConns())
+}
+
+// TestSilentStandbyDoesNotStallOutput: the backup's application reads and
+// never answers, so the main's output shipped by checksum is never
+// checked. The main gives up on the connection's protection after
+// sumStall, and the client gets its echo.
+func TestSilentStandbyDoesNotStallOutput(t *testing.T) {
+	silent := listeningApp(func(ctx context.Context, l net.Listener) error {
+		return rfsis.Serve(ctx, l, func(c net.Conn) { io.Copy(io.Discard, c) })
+	})
+	_, client, mainNode, _, _ := pairUpWith(t, echoApp, silent)
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	start := time.Now()
+	bulkEcho(t, c, 256<<10, nil)
+	t.Logf("echoed after %v", time.Since(start))
+	require.Equal(t, uint64(1), mainNode.Failover().Stats().ConnsDropped.Load())
+	require.Zero(t, mainNode.Failover().ProtectedConns())
+}

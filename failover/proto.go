@@ -167,8 +167,9 @@ var (
 // Sizes of the frame and its parts.
 const (
 	// ProtocolVersion is carried in HELLO; both sides must speak the same.
-	// Version 2 replaced the HMAC of frames after HELLO with GMAC.
-	ProtocolVersion uint16 = 2
+	// Version 2 replaced the HMAC of frames after HELLO with GMAC;
+	// version 3 added OUTSUM and CHECKED.
+	ProtocolVersion uint16 = 3
 
 	// MaxFrame is the largest frame on the wire, length field included, so
 	// a buffer of MaxFrame bytes always holds a whole frame. It bounds what
@@ -200,6 +201,8 @@ const (
 	u64Len       = 8
 	ackedLen     = connLen + 6*4 + 1
 	closeLen     = connLen + 1
+	outSumLen    = connLen + 3*4
+	checkedLen   = connLen + 4
 )
 
 // MsgType is a frame's type byte.
@@ -248,6 +251,14 @@ const (
 	// checkpoint, the position of the application's output at the
 	// checkpoint, and the checkpoint's state.
 	MsgRejoin
+	// MsgOutSum stands for an OUT whose bytes the backup's hot standby
+	// writes itself: SumLen bytes from DataSeq, known by their CRC-32C,
+	// Sum. The main sends them only once the backup has checked its own
+	// against it (CHECKED): invariant 3 in its hot-standby form.
+	MsgOutSum
+	// MsgChecked, from the backup, says that its standby's output for the
+	// connection is checked against the main's OUTSUMs up to DataSeq.
+	MsgChecked
 
 	msgTypeEnd // one past the last known type
 )
@@ -256,6 +267,7 @@ var msgTypeNames = [...]string{
 	MsgHello: "HELLO", MsgHeartbeat: "HEARTBEAT", MsgSyncAck: "SYNCACK",
 	MsgOpen: "OPEN", MsgIn: "IN", MsgOut: "OUT", MsgAcked: "ACKED",
 	MsgClose: "CLOSE", MsgStandDown: "STANDDOWN", MsgRejoin: "REJOIN",
+	MsgOutSum: "OUTSUM", MsgChecked: "CHECKED",
 }
 
 func (t MsgType) String() string {
@@ -388,9 +400,12 @@ type Message struct {
 
 	// IN, OUT: Data starts at sequence number DataSeq. In decoded messages
 	// Data aliases the Decoder's buffer (see Decoder.Next) and is nil when
-	// empty.
+	// empty. OUTSUM: the SumLen bytes from DataSeq have the CRC-32C Sum.
+	// CHECKED: DataSeq is the end of the output checked.
 	DataSeq tcp.Seq
 	Data    []byte
+	SumLen  uint32
+	Sum     uint32
 
 	// ACKED.
 	Progress tcp.Progress
@@ -415,6 +430,10 @@ func (m *Message) String() string {
 		return fmt.Sprintf("%s conn=%v written=%d state=%d", head, m.Conn, m.Written, len(m.State))
 	case MsgIn, MsgOut:
 		return fmt.Sprintf("%s conn=%v at=%d len=%d", head, m.Conn, m.DataSeq, len(m.Data))
+	case MsgOutSum:
+		return fmt.Sprintf("%s conn=%v at=%d len=%d crc32c=%08x", head, m.Conn, m.DataSeq, m.SumLen, m.Sum)
+	case MsgChecked:
+		return fmt.Sprintf("%s conn=%v end=%d", head, m.Conn, m.DataSeq)
 	case MsgAcked:
 		p := m.Progress
 		return fmt.Sprintf("%s conn=%v una=%d wnd=%d ts=%d adv=%d rcvd=%d wrtn=%d peerfin=%t finq=%t", head, m.Conn,
@@ -671,6 +690,23 @@ func appendBody(dst []byte, m *Message) ([]byte, error) {
 		dst = be.AppendUint32(dst, uint32(m.DataSeq))
 		dst = be.AppendUint32(dst, uint32(len(m.Data)))
 		return append(dst, m.Data...), nil
+	case MsgOutSum:
+		if m.SumLen == 0 || m.SumLen > stack.MaxSummed {
+			return dst, fmt.Errorf("%w: OUTSUM over %d bytes (1..%d)", ErrMalformed, m.SumLen, stack.MaxSummed)
+		}
+		dst, err := appendConn(dst, m.Conn)
+		if err != nil {
+			return dst, err
+		}
+		dst = be.AppendUint32(dst, uint32(m.DataSeq))
+		dst = be.AppendUint32(dst, m.SumLen)
+		return be.AppendUint32(dst, m.Sum), nil
+	case MsgChecked:
+		dst, err := appendConn(dst, m.Conn)
+		if err != nil {
+			return dst, err
+		}
+		return be.AppendUint32(dst, uint32(m.DataSeq)), nil
 	case MsgAcked:
 		dst, err := appendConn(dst, m.Conn)
 		if err != nil {
@@ -825,6 +861,23 @@ func parseBody(t MsgType, body []byte, m *Message) error {
 		if len(b) > 0 {
 			m.Data = b
 		}
+	case MsgOutSum:
+		if err := size(outSumLen); err != nil {
+			return err
+		}
+		m.Conn = parseConn(body)
+		m.DataSeq = tcp.Seq(be.Uint32(body[connLen:]))
+		m.SumLen = be.Uint32(body[connLen+4:])
+		m.Sum = be.Uint32(body[connLen+8:])
+		if m.SumLen == 0 || m.SumLen > stack.MaxSummed {
+			return fmt.Errorf("%w: OUTSUM over %d bytes (1..%d)", ErrMalformed, m.SumLen, stack.MaxSummed)
+		}
+	case MsgChecked:
+		if err := size(checkedLen); err != nil {
+			return err
+		}
+		m.Conn = parseConn(body)
+		m.DataSeq = tcp.Seq(be.Uint32(body[connLen:]))
 	case MsgAcked:
 		if err := size(ackedLen); err != nil {
 			return err

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/zppratt/rfsis/stack"
 	"github.com/zppratt/rfsis/stack/tcp"
 )
 
@@ -223,6 +224,10 @@ func FuzzRoundTrip(f *testing.F) {
 				ReceivedEnd: tcp.Seq(a + c), WrittenEnd: tcp.Seq(b ^ d), PeerFin: small&1 != 0, FinQueued: small&2 != 0}
 		case MsgClose:
 			m.Conn, m.Close = id, CloseKind(small%3+1)
+		case MsgOutSum:
+			m.Conn, m.DataSeq, m.SumLen, m.Sum = id, tcp.Seq(a^b), c%stack.MaxSummed+1, d
+		case MsgChecked:
+			m.Conn, m.DataSeq = id, tcp.Seq(b^c)
 		}
 		s1, s2 := handshake(t)
 		frame, err := s1.Enc.AppendFrame(nil, &m)

@@ -143,6 +143,9 @@ func samples(t testing.TB) []Message {
 		{Type: MsgStandDown, Epoch: 4},
 		{Type: MsgRejoin, Epoch: 4, Conn: id, Snapshot: testSnapshot(t), Written: 0xfffffffe, State: []byte("count=7")},
 		{Type: MsgRejoin, Epoch: 4, Conn: id, Snapshot: testSnapshot(t), Written: 5}, // no state
+		{Type: MsgOutSum, Epoch: 4, Conn: id, DataSeq: 0xfffffff0, SumLen: stack.MaxSummed, Sum: 0xdeadbeef},
+		{Type: MsgOutSum, Epoch: 4, Conn: id, DataSeq: 7, SumLen: 1},
+		{Type: MsgChecked, Epoch: 4, Conn: id, DataSeq: 0x80000001},
 	}
 }
 
@@ -602,8 +605,14 @@ func TestMalformedBodies(t *testing.T) {
 		{"rejoin short snapshot", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 2), []byte("st"), u32(nil, uint32(len(snap))+1), snap), ErrMalformed},
 		{"rejoin invalid snapshot", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 0), u32(nil, uint32(len(badSnapJSON))), badSnapJSON), tcp.ErrBadSnapshot},
 		{"rejoin other conn", MsgRejoin, cat(id, u32(nil, 1), u32(nil, 0), u32(nil, uint32(len(otherSnap))), otherSnap), ErrMalformed},
+		{"outsum short", MsgOutSum, cat(id, u32(nil, 1), u32(nil, 3)), ErrMalformed},
+		{"outsum trailing", MsgOutSum, cat(id, u32(nil, 1), u32(nil, 3), u32(nil, 3), []byte{0}), ErrMalformed},
+		{"outsum over nothing", MsgOutSum, cat(id, u32(nil, 1), u32(nil, 0), u32(nil, 3)), ErrMalformed},
+		{"outsum over too much", MsgOutSum, cat(id, u32(nil, 1), u32(nil, stack.MaxSummed+1), u32(nil, 3)), ErrMalformed},
+		{"checked short", MsgChecked, cat(id, []byte{0, 0, 1}), ErrMalformed},
+		{"checked trailing", MsgChecked, cat(id, u32(nil, 1), []byte{0}), ErrMalformed},
 		{"type 0", 0, nil, ErrUnknownType},
-		{"type 10", msgTypeEnd, nil, ErrUnknownType},
+		{"type 12", msgTypeEnd, nil, ErrUnknownType},
 		{"type 255", 255, make([]byte, 8), ErrUnknownType},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -710,6 +719,8 @@ func TestEncoderRefuses(t *testing.T) {
 		{"rejoin nil", Message{Type: MsgRejoin, Conn: testConn()}, ErrMalformed},
 		{"rejoin invalid", Message{Type: MsgRejoin, Conn: testConn(), Snapshot: &badSnap}, tcp.ErrBadSnapshot},
 		{"rejoin state too big", Message{Type: MsgRejoin, Conn: testConn(), Snapshot: snap, State: make([]byte, stack.MaxCheckpointState+1)}, ErrTooLarge},
+		{"outsum over nothing", Message{Type: MsgOutSum, Conn: testConn()}, ErrMalformed},
+		{"outsum over too much", Message{Type: MsgOutSum, Conn: testConn(), SumLen: stack.MaxSummed + 1}, ErrMalformed},
 		{"in too big", Message{Type: MsgIn, Conn: testConn(), Data: make([]byte, MaxData+1)}, ErrTooLarge},
 	} {
 		seq := a.Enc.Seq()

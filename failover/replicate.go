@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zppratt/rfsis/internal/bytequeue"
@@ -20,6 +21,29 @@ type mainConn struct {
 	r       *stack.Replica
 	in, out tcp.Seq // ends of the inbound and outbound bytes shipped
 	prog    tcp.Progress
+
+	// Output by checksum (OUTSUM), under the connection's lock. sumOK:
+	// the backup runs the application on its copy (its first CHECKED
+	// said so), so long runs of output go as checksums. sumEnd is the end
+	// of the last run shipped so, checked how far the backup has checked;
+	// blocked are OUT bytes the backup holds that wait for a check.
+	sumOK           bool
+	sumEnd, checked tcp.Seq
+	blocked         []blockedOut
+	// uncheckedSince is when the backup last had nothing to check or
+	// checked something, while output waits for its check (Unix
+	// nanoseconds; 0 when none waits): see sumStall.
+	uncheckedSince atomic.Int64
+}
+
+// blockedOut is an OUT acknowledged by the backup that follows output
+// not yet checked: the gate opens to end once the check reaches need.
+type blockedOut struct{ need, end tcp.Seq }
+
+// newMainConn starts the record of r, called in one of its callbacks.
+func newMainConn(r *stack.Replica) *mainConn {
+	out := r.WrittenEndLocked()
+	return &mainConn{r: r, in: r.ReceivedEndLocked(), out: out, prog: r.ProgressLocked(), sumEnd: out, checked: out}
 }
 
 // detach stops replicating the connection: it goes on unprotected.
@@ -63,7 +87,7 @@ func (n *Node) liveSession() (*session, uint64) {
 func (h *mainHook) Opened(r *stack.Replica, snap tcp.Snapshot) {
 	n := h.node()
 	id := r.ID()
-	mc := &mainConn{r: r, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked(), prog: r.ProgressLocked()}
+	mc := newMainConn(r)
 	n.mu.Lock()
 	s, epoch := n.sess, n.rm.Epoch()
 	serve := n.rm.Role() == RoleMain && s != nil && id.LocalAddr == n.svc && n.listeners[id.LocalPort] != nil
@@ -111,7 +135,7 @@ func (h *mainHook) Rejoined(r *stack.Replica, rj stack.Rejoin) bool {
 		// checkpoint offers the connection again.
 		return false
 	}
-	mc := &mainConn{r: r, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked(), prog: r.ProgressLocked()}
+	mc := newMainConn(r)
 	n.mu.Lock()
 	s, epoch := n.sess, n.rm.Epoch()
 	take := canTake()
@@ -159,12 +183,19 @@ func (h *mainHook) Changed(r *stack.Replica) {
 	if mc == nil {
 		return
 	}
-	// Output goes at most outWindow ahead of what the backup holds; the
-	// backup's acknowledgement calls Changed again for the rest.
-	room := outWindow - int(mc.out.Sub(r.GateLocked().SendLimit))
+	// Output goes at most outWindow ahead of what the backup holds, or
+	// sumWindow by checksum; the backup's acknowledgement or check calls
+	// Changed again for the rest.
+	unshipped := int(r.WrittenEndLocked().Sub(mc.out))
+	bySum := mc.sumOK && unshipped >= sumMin
+	room := outWindow
+	if bySum {
+		room = sumWindow
+	}
+	room -= int(mc.out.Sub(r.GateLocked().SendLimit))
 	p := r.ProgressLocked()
 	newIn := r.ReceivedEndLocked() != mc.in
-	newOut := room > 0 && r.WrittenEndLocked() != mc.out
+	newOut := room > 0 && unshipped > 0
 	newProg := progressWorthShipping(mc.prog, p)
 	if !newIn && !newOut && !newProg {
 		return
@@ -186,14 +217,19 @@ func (h *mainHook) Changed(r *stack.Replica) {
 			n.stopReplicatingLocked(s, r, fmt.Errorf("inbound bytes: %w", err))
 			return
 		}
-		mc.in = shipData(s, epoch, r, MsgIn, mc.in, *bp)
+		mc.in = shipData(s, epoch, r, MsgIn, mc, mc.in, *bp)
 	}
-	if newOut {
+	if newOut && bySum {
+		if mc.out, err = shipSums(s, epoch, r, mc, min(room, unshipped)); err != nil {
+			n.stopReplicatingLocked(s, r, fmt.Errorf("outbound checksums: %w", err))
+			return
+		}
+	} else if newOut {
 		if *bp, err = r.AppendWrittenLocked((*bp)[:0], mc.out, room); err != nil {
 			n.stopReplicatingLocked(s, r, fmt.Errorf("outbound bytes: %w", err))
 			return
 		}
-		mc.out = shipData(s, epoch, r, MsgOut, mc.out, *bp)
+		mc.out = shipData(s, epoch, r, MsgOut, mc, mc.out, *bp)
 	}
 	if !newProg {
 		return
@@ -208,7 +244,7 @@ func (h *mainHook) Changed(r *stack.Replica) {
 
 // shipData sends data, the bytes from seq, as IN or OUT messages and
 // returns the end of what it shipped.
-func shipData(s *session, epoch uint64, r *stack.Replica, t MsgType, seq tcp.Seq, data []byte) tcp.Seq {
+func shipData(s *session, epoch uint64, r *stack.Replica, t MsgType, mc *mainConn, seq tcp.Seq, data []byte) tcp.Seq {
 	for len(data) > 0 {
 		k := min(len(data), MaxData)
 		end := seq.Add(uint32(k))
@@ -217,11 +253,138 @@ func shipData(s *session, epoch uint64, r *stack.Replica, t MsgType, seq tcp.Seq
 			g.hasAck, g.ackLimit = true, end
 		} else {
 			g.hasSend, g.sendLimit = true, end
+			if mc.checked != mc.sumEnd {
+				// Behind output the backup has not checked yet.
+				g.hasNeed, g.need = true, mc.sumEnd
+			}
 		}
 		s.sendAs(epoch, Message{Type: t, Conn: r.ID(), DataSeq: seq, Data: data[:k]}, effect{gate: g})
 		seq, data = end, data[k:]
 	}
 	return seq
+}
+
+// sumMin is the shortest run of output shipped as checksums (OUTSUM)
+// rather than bytes, and sumChunk the run one checksum covers. Short
+// runs, the answers of request/response protocols, go as bytes: the
+// backup's TCP acknowledgement releases those, one sync round trip,
+// while a checksum waits for the backup's application as well. Long
+// runs go as checksums, which halves the bytes on the sync channel of
+// an echo-like service; chunks keep the checks streaming. sumWindow
+// bounds the output shipped by checksum and not yet checked: a checksum
+// costs the sync channel nothing to speak of, so the bound is the
+// backup's queue (stack.Standby.WrittenSum), and it must cover the
+// output a bulk transfer produces while a check makes its round trip
+// through the backup's application.
+const (
+	sumMin    = 8 << 10
+	sumChunk  = 64 << 10
+	sumWindow = 1 << 20
+)
+
+// shipSums sends the next n bytes of output from mc.out as OUTSUMs and
+// returns the end of what it shipped. The gate opens as the backup checks
+// them (CHECKED, checkedByBackup).
+func shipSums(s *session, epoch uint64, r *stack.Replica, mc *mainConn, n int) (tcp.Seq, error) {
+	seq := mc.out
+	if mc.checked == mc.sumEnd {
+		mc.uncheckedSince.Store(time.Now().UnixNano())
+	}
+	for n > 0 {
+		k := min(n, sumChunk)
+		sum, err := r.WrittenChecksumLocked(seq, k)
+		if err != nil {
+			return seq, err
+		}
+		s.sendAs(epoch, Message{Type: MsgOutSum, Conn: r.ID(), DataSeq: seq, SumLen: uint32(k), Sum: sum}, effect{})
+		s.n.stats.OutputSummed.Add(uint64(k))
+		seq = seq.Add(uint32(k))
+		mc.sumEnd = seq
+		n -= k
+	}
+	return seq, nil
+}
+
+// checkedByBackup applies the backup's CHECKED: its copy's application
+// wrote the output up to end and it matched the main's checksums, so the
+// client may have it, and the OUT bytes behind it that the backup holds.
+// The first CHECKED of a connection says that the backup can check (it
+// runs the application): output goes by checksum from then on.
+func (n *Node) checkedByBackup(m *Message) {
+	n.mu.Lock()
+	mc := n.mains[m.Conn]
+	n.mu.Unlock()
+	if mc == nil {
+		n.ignoredRepl.Add(1) // gone, or no longer replicated
+		return
+	}
+	var bad bool
+	mc.r.UpdateGate(func(g *tcp.Gate) {
+		if cur, _ := mc.r.Value.Load().(*mainConn); cur != mc {
+			return
+		}
+		end := m.DataSeq
+		if end.Greater(mc.sumEnd) {
+			bad = true
+			return
+		}
+		if end.Less(mc.checked) {
+			return // overtaken: the backup's reader and its application both check
+		}
+		mc.sumOK = true
+		mc.checked = end
+		if end == mc.sumEnd {
+			mc.uncheckedSince.Store(0)
+		} else {
+			mc.uncheckedSince.Store(time.Now().UnixNano())
+		}
+		if g.SendLimit.Less(end) {
+			g.SendLimit = end
+		}
+		i := 0
+		for ; i < len(mc.blocked) && !end.Less(mc.blocked[i].need); i++ {
+			if g.SendLimit.Less(mc.blocked[i].end) {
+				g.SendLimit = mc.blocked[i].end
+			}
+		}
+		mc.blocked = append(mc.blocked[:0], mc.blocked[i:]...)
+	})
+	if bad {
+		n.stats.BadFrames.Add(1)
+		n.log.Warn("sync: the backup's CHECKED is outside the output shipped by checksum; ignored", "msg", m.String())
+	}
+}
+
+// sumStall is how long output shipped by checksum may wait for the
+// backup's check without any progress before the main stops replicating
+// the connection, which then goes on unprotected: a standby application
+// that does not write what the main's wrote (it waits for something only
+// the main got, say) must not stall the client for good. It is far
+// above a collection or a scheduling stall of a busy backup.
+const sumStall = time.Second
+
+// dropStalledChecks stops replicating the connections whose output has
+// waited for the backup's check longer than sumStall.
+func (n *Node) dropStalledChecks(now time.Time) {
+	var stalled []*mainConn
+	n.mu.Lock()
+	for id, mc := range n.mains {
+		if t := mc.uncheckedSince.Load(); t != 0 && now.Sub(time.Unix(0, t)) > sumStall {
+			stalled = append(stalled, mc)
+			delete(n.mains, id)
+		}
+	}
+	s := n.sess
+	n.mu.Unlock()
+	for _, mc := range stalled {
+		id := mc.r.ID()
+		n.log.Warn("replication: the backup has not checked this connection's output for too long; it goes on unprotected", "conn", id, "after", sumStall)
+		n.stats.ConnsDropped.Add(1)
+		mc.detach()
+		if s != nil {
+			s.send(Message{Type: MsgClose, Conn: id, Close: CloseDropped}, effect{})
+		}
+	}
 }
 
 // progressWorthShipping reports whether the client's progress moved
@@ -305,6 +468,35 @@ func (n *Node) dropStandby(s *session, m *Message, why error) {
 	s.send(Message{Type: MsgClose, Conn: m.Conn, Close: CloseDropped}, effect{})
 }
 
+// checked tells the main that the standby's output is checked up to end
+// (CHECKED), and applies the client's progress again: a FIN it places
+// after that output can go in now. An error drops the copy: a standby
+// that never had the main's bytes cannot continue the connection.
+func (n *Node) checked(s *session, b *backupConn, end tcp.Seq, err error) {
+	id := b.sb.ID()
+	if err == nil {
+		s.send(Message{Type: MsgChecked, Conn: id, DataSeq: end}, effect{})
+		b.mu.Lock()
+		b.progNew = true
+		err = n.deliverLocked(b)
+		b.mu.Unlock()
+		if err == nil {
+			return
+		}
+	}
+	if n.forgetStandby(id) == nil {
+		return // dropped already
+	}
+	b.sb.Drop()
+	if errors.Is(err, stack.ErrDiverged) {
+		n.log.Warn("hot standby output differs from the main's checksum; dropping that connection's copy", "conn", id, "err", err)
+	} else {
+		n.log.Warn("sync: cannot apply the main's output; dropping that connection's copy", "conn", id, "err", err)
+	}
+	n.stats.ConnsDropped.Add(1)
+	s.send(Message{Type: MsgClose, Conn: id, Close: CloseDropped}, effect{})
+}
+
 // backupConn is the backup's record of one standby connection.
 type backupConn struct {
 	sb *stack.Standby
@@ -374,7 +566,7 @@ func (n *Node) forgetStandby(id tcp.FourTuple) *backupConn {
 // bytes are held (in the standby connection or, when its buffer is full,
 // beside it) before the message counts as applied. A message for a
 // connection the backup holds no copy of is ignored.
-func (n *Node) applyReplication(m *Message) error {
+func (n *Node) applyReplication(s *session, m *Message) error {
 	n.mu.Lock()
 	b := n.standbys[m.Conn]
 	l := n.listeners[m.Conn.LocalPort]
@@ -407,6 +599,13 @@ func (n *Node) applyReplication(m *Message) error {
 		n.mu.Lock()
 		n.standbys[m.Conn] = b
 		n.mu.Unlock()
+		if l != nil {
+			// A hot standby: its application writes the output too, so
+			// the main may ship checksums of it (OUTSUM). This first
+			// CHECKED, at the output's end now, tells it so.
+			sb.OnChecked(func(end tcp.Seq, err error) { n.checked(s, b, end, err) })
+			s.send(Message{Type: MsgChecked, Conn: m.Conn, DataSeq: sb.WrittenEnd()}, effect{})
+		}
 		return nil
 	}
 	if b == nil {
@@ -451,6 +650,11 @@ func (n *Node) applyReplication(m *Message) error {
 			// ackedSlack (the standby's buffer allows for it).
 			return fmt.Errorf("OUT of %d bytes: only %d fit in the standby's send buffer", len(m.Data), k)
 		}
+	case MsgOutSum:
+		end, ok, err := b.sb.WrittenSum(m.DataSeq, int(m.SumLen), m.Sum)
+		if ok || err != nil {
+			n.checked(s, b, end, err)
+		}
 	case MsgAcked:
 		b.mu.Lock()
 		defer b.mu.Unlock()
@@ -477,15 +681,21 @@ var errStandbyLags = errors.New("the standby's application lags too far behind t
 // retryLoop delivers held inbound bytes as standby applications read,
 // should a read's own delivery (Standby.OnRead) have failed to take
 // them: only the copies with bytes held, so that idle ones cost nothing.
+// Every 100 ms it also looks for a main's connections whose output waits
+// too long for the backup's check (dropStalledChecks).
 func (n *Node) retryLoop(ctx interface{ Done() <-chan struct{} }) {
 	t := time.NewTicker(5 * time.Millisecond)
 	defer t.Stop()
 	var waiting []*backupConn
-	for {
+	for tick := 0; ; tick++ {
+		var now time.Time
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now = <-t.C:
+		}
+		if tick%20 == 0 {
+			n.dropStalledChecks(now) // a main's connections, if any
 		}
 		n.mu.Lock()
 		for b := range n.waiting {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,12 @@ func (r *Replica) AppendReceivedLocked(dst []byte, from tcp.Seq) ([]byte, error)
 // AppendWrittenLocked appends at most max written bytes from seq to dst.
 func (r *Replica) AppendWrittenLocked(dst []byte, from tcp.Seq, max int) ([]byte, error) {
 	return r.ep.c.AppendWrittenMax(dst, from, max)
+}
+
+// WrittenChecksumLocked is the CRC-32C of the n written bytes from
+// sequence number from (see tcp.Conn.WrittenChecksum).
+func (r *Replica) WrittenChecksumLocked(from tcp.Seq, n int) (uint32, error) {
+	return r.ep.c.WrittenChecksum(from, n)
 }
 
 // GateLocked returns the connection's gate.
@@ -257,7 +264,8 @@ func (sb *Standby) WrittenEnd() tcp.Seq {
 // Written applies outbound bytes the main's application wrote, from seq,
 // and compares them with what the backup's own application wrote for the
 // same place: a difference is ErrDiverged (the bytes are applied anyway:
-// the main's output is what the client gets).
+// the main's output is what the client gets). Behind output known only by
+// checksum (WrittenSum) the bytes are queued, and all of them are taken.
 func (sb *Standby) Written(seq tcp.Seq, data []byte) (int, error) {
 	ep := sb.ep
 	ep.mu.Lock()
@@ -265,6 +273,19 @@ func (sb *Standby) Written(seq tcp.Seq, data []byte) (int, error) {
 	if err := ep.goneLocked(); err != nil {
 		return 0, err
 	}
+	if len(ep.outQ) > 0 {
+		if err := ep.queueOutLocked(outEntry{seq: seq, n: len(data), data: bytes.Clone(data)}); err != nil {
+			return 0, err
+		}
+		return len(data), nil
+	}
+	n, err := ep.writtenLocked(seq, data)
+	ep.afterLocked(time.Now())
+	return n, err
+}
+
+// writtenLocked is Written once nothing is queued. The caller holds ep.mu.
+func (ep *endpoint) writtenLocked(seq tcp.Seq, data []byte) (int, error) {
 	n, err := ep.c.StandbyWritten(seq, data)
 	if err != nil {
 		return n, err
@@ -282,8 +303,144 @@ func (sb *Standby) Written(seq tcp.Seq, data []byte) (int, error) {
 		}
 		ep.held.Consume(k)
 	}
-	ep.afterLocked(time.Now())
 	return n, diverged
+}
+
+// MaxSummed bounds the output one checksum may cover (WrittenSum), and
+// maxOutQueued and maxOutEntries the output a standby queues while it
+// cannot check it yet: the main ships only so far ahead of what the
+// backup checked, so only a hostile or broken main reaches them.
+const (
+	MaxSummed     = 256 << 10
+	maxOutQueued  = 4 << 20
+	maxOutEntries = 4096
+)
+
+// outEntry is a run of the main's output a standby has not applied: n
+// bytes from seq, known by their CRC-32C (data nil) or carried in data.
+type outEntry struct {
+	seq  tcp.Seq
+	n    int
+	sum  uint32
+	data []byte
+}
+
+// WrittenSum tells the standby that the main's application wrote n bytes
+// from seq whose CRC-32C is sum, instead of shipping them: the standby's
+// own application writes them too (hot standby), and the backup's check
+// that its bytes match is what lets the main send them (invariant 3 of
+// DESIGN.md in its hot-standby form). It returns how far the standby's
+// output is now checked, with ok set if that advanced; when the
+// application has not written them yet they are checked as it does, and
+// OnChecked hears of it. A mismatch wraps ErrDiverged: the standby cannot
+// continue the connection (it never had the main's bytes).
+func (sb *Standby) WrittenSum(seq tcp.Seq, n int, sum uint32) (checked tcp.Seq, ok bool, err error) {
+	ep := sb.ep
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	if err := ep.goneLocked(); err != nil {
+		return 0, false, err
+	}
+	if n <= 0 || n > MaxSummed {
+		return 0, false, fmt.Errorf("%w: a checksum over %d bytes (1..%d)", tcp.ErrStandby, n, MaxSummed)
+	}
+	if err := ep.queueOutLocked(outEntry{seq: seq, n: n, sum: sum}); err != nil {
+		return 0, false, err
+	}
+	checked, ok, err = ep.drainOutLocked()
+	ep.afterLocked(time.Now())
+	return checked, ok, err
+}
+
+// queueOutLocked appends e to the queue after checking that it follows
+// what the standby holds and queues. The caller holds ep.mu.
+func (ep *endpoint) queueOutLocked(e outEntry) error {
+	end := ep.c.WrittenEnd()
+	if k := len(ep.outQ); k > 0 {
+		end = ep.outQ[k-1].seq.Add(uint32(ep.outQ[k-1].n))
+	}
+	if e.seq != end {
+		return fmt.Errorf("%w: outbound bytes at %d, expected %d", tcp.ErrStandby, e.seq, end)
+	}
+	if ep.outQueued+e.n > maxOutQueued || len(ep.outQ) >= maxOutEntries {
+		return fmt.Errorf("%w: %d bytes of output in %d runs queued behind checksums", tcp.ErrStandby, ep.outQueued+e.n, len(ep.outQ)+1)
+	}
+	ep.outQ = append(ep.outQ, e)
+	ep.outQueued += e.n
+	return nil
+}
+
+// drainOutLocked applies the queued output in order as far as the
+// application's held writes allow, checking those known by checksum. It
+// returns the end of the last checksummed run checked, ok if any was. The
+// caller holds ep.mu.
+func (ep *endpoint) drainOutLocked() (checked tcp.Seq, ok bool, err error) {
+	for len(ep.outQ) > 0 {
+		e := ep.outQ[0]
+		if e.data != nil {
+			// A difference is counted (writtenLocked); the main's bytes
+			// are applied anyway, as Written does.
+			if k, err := ep.writtenLocked(e.seq, e.data); k < e.n && (err == nil || errors.Is(err, ErrDiverged)) {
+				return checked, ok, fmt.Errorf("%w: %d queued output bytes, %d fit in the send buffer", tcp.ErrStandby, e.n, k)
+			} else if err != nil && !errors.Is(err, ErrDiverged) {
+				return checked, ok, err
+			}
+		} else {
+			// Held bytes start where the standby's output ends (they are
+			// all beyond the main's), so they are this run's if enough.
+			if ep.held.Len() < e.n {
+				if ep.appClosed || ep.appWriteClosed {
+					ep.t.n.diverged.Add(1)
+					return checked, ok, fmt.Errorf("%w: the application closed before writing output %d+%d the main wrote", ErrDiverged, e.seq, e.n)
+				}
+				break
+			}
+			b := ep.held.Bytes()[:e.n]
+			if crc32.Checksum(b, castagnoli) != e.sum {
+				ep.t.n.diverged.Add(1)
+				return checked, ok, fmt.Errorf("%w: output %d+%d differs from the main's checksum", ErrDiverged, e.seq, e.n)
+			}
+			if k, err := ep.c.StandbyWritten(e.seq, b); err != nil {
+				return checked, ok, err
+			} else if k < e.n {
+				return checked, ok, fmt.Errorf("%w: %d checked output bytes, %d fit in the send buffer", tcp.ErrStandby, e.n, k)
+			}
+			ep.held.Consume(e.n)
+			checked, ok = e.seq.Add(uint32(e.n)), true
+		}
+		ep.outQueued -= e.n
+		ep.outQ[0] = outEntry{}
+		ep.outQ = ep.outQ[1:]
+	}
+	if len(ep.outQ) == 0 {
+		ep.outQ = nil
+	}
+	return checked, ok, nil
+}
+
+// checkHeldLocked runs after a hot standby application's write while
+// output waits in the queue: it returns the OnChecked call to make once
+// ep.mu is released, nil if there is nothing to tell. The caller holds
+// ep.mu.
+func (ep *endpoint) checkHeldLocked() func() {
+	checked, ok, err := ep.drainOutLocked()
+	if fn := ep.onChecked; fn != nil && (ok || err != nil) {
+		return func() { fn(checked, err) }
+	}
+	return nil
+}
+
+// castagnoli is CRC-32C's table, as package tcp computes the main's sums.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// OnChecked has fn called when the standby's application writes output
+// that the main had shipped by checksum (WrittenSum): with the end of the
+// output now checked, or with the ErrDiverged of a mismatch. fn runs in
+// the application's goroutine, after the connection's lock is released.
+func (sb *Standby) OnChecked(fn func(end tcp.Seq, err error)) {
+	sb.ep.mu.Lock()
+	defer sb.ep.mu.Unlock()
+	sb.ep.onChecked = fn
 }
 
 // Progress applies the client's progress as the main saw it.
@@ -316,6 +473,9 @@ func (sb *Standby) GoLive(sent tcp.Seq, dupAcks int) error {
 	if err := ep.c.GoLive(now, sent, dupAcks); err != nil {
 		return err
 	}
+	// Output still queued was never checked, so the main never sent it:
+	// the application's own writes (held) go out instead.
+	ep.outQ, ep.outQueued = nil, 0
 	if end := ep.c.WrittenEnd(); ep.held.Len() == 0 && end.Greater(ep.appNext) {
 		// The application is behind the main's output (it was adopted
 		// from a checkpoint, or is slow): the bytes it will write up to

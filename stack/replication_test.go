@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math"
 	"net"
@@ -30,6 +31,9 @@ type syncHook struct {
 	diverged atomic.Int64
 	mu       sync.Mutex
 	standbys []*Standby
+	// sumMin, when set, has output runs of at least that many bytes
+	// shipped by checksum (WrittenSum) instead of as bytes.
+	sumMin int
 }
 
 type syncState struct {
@@ -53,6 +57,15 @@ func (h *syncHook) attach(r *Replica, sb *Standby) {
 	h.standbys = append(h.standbys, sb)
 	h.mu.Unlock()
 	r.Value.Store(&syncState{sb: sb, in: r.ReceivedEndLocked(), out: r.WrittenEndLocked()})
+	// The standby's application caught up with checksummed output: as
+	// far as it is checked, the main may send.
+	sb.OnChecked(func(end tcp.Seq, err error) {
+		if err != nil {
+			h.diverged.Add(1)
+			return
+		}
+		r.UpdateGate(func(g *tcp.Gate) { g.SendLimit = sb.WrittenEnd() })
+	})
 	r.SetGateLocked(tcp.Gate{Enabled: true, OpenOK: true, AckLimit: sb.ReceivedEnd(), SendLimit: sb.WrittenEnd()})
 }
 
@@ -71,6 +84,21 @@ func (h *syncHook) Changed(r *Replica) {
 	}
 	st.buf, err = r.AppendWrittenLocked(st.buf[:0], st.out, math.MaxInt)
 	require.NoError(h.t, err)
+	if h.sumMin > 0 && len(st.buf) >= h.sumMin {
+		for len(st.buf) > 0 {
+			k := min(len(st.buf), MaxSummed)
+			sum, err := r.WrittenChecksumLocked(st.out, k)
+			require.NoError(h.t, err)
+			require.Equal(h.t, crc32.Checksum(st.buf[:k], crc32.MakeTable(crc32.Castagnoli)), sum)
+			if _, _, err := st.sb.WrittenSum(st.out, k, sum); errors.Is(err, ErrDiverged) {
+				h.diverged.Add(1)
+			} else {
+				require.NoError(h.t, err)
+			}
+			st.out = st.out.Add(uint32(k))
+			st.buf = st.buf[k:]
+		}
+	}
 	if len(st.buf) > 0 {
 		n, err := st.sb.Written(st.out, st.buf)
 		if errors.Is(err, ErrDiverged) {
@@ -541,4 +569,126 @@ func TestTakeoverWithLaggingStandby(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "xy", string(buf), "the client got the standby's late answer twice")
 	require.Zero(t, tr.backup.TCPStats().Diverged)
+}
+
+// TestStandbyChecksummedOutput: the main ships its output by checksum
+// (WrittenSum) and sends only what the standby's own application has
+// written and matched. The backup's application starts late, so the first
+// answer waits for it (OnChecked); then 16 KiB round trips run on, through
+// a takeover, every byte once and in order.
+func TestStandbyChecksummedOutput(t *testing.T) {
+	tr := newTrio(t, 65)
+	tr.hook.sumMin = 1
+	c, cm, cb := tr.dialAccept(t, 65)
+	go io.Copy(cm, cm)
+	require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
+	msg := func(i int) []byte {
+		b := make([]byte, 16<<10)
+		for j := range b {
+			b[j] = byte(i*31 + j*13/7 + j>>9)
+		}
+		return b
+	}
+	roundTrip := func(i int) {
+		t.Helper()
+		_, err := c.Write(msg(i))
+		require.NoError(t, err)
+		got := make([]byte, 16<<10)
+		_, err = io.ReadFull(c, got)
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(msg(i), got), "answer %d differs", i)
+	}
+	_, err := c.Write(msg(0))
+	require.NoError(t, err)
+	ep := tr.standbyEP(t)
+	waitFor(t, "the main's answer, by checksum, to wait for the standby's application", func() bool {
+		ep.mu.Lock()
+		defer ep.mu.Unlock()
+		return len(ep.outQ) > 0
+	})
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(100*time.Millisecond)))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the client got output the backup had not checked")
+	require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
+	go io.Copy(cb, cb)
+	got := make([]byte, 16<<10)
+	_, err = io.ReadFull(c, got)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(msg(0), got), "answer 0 differs")
+	for i := 1; i < 100; i++ {
+		roundTrip(i)
+	}
+	tr.takeover(t)
+	for i := 100; i < 200; i++ {
+		roundTrip(i)
+	}
+	require.Zero(t, tr.hook.diverged.Load())
+	require.Zero(t, tr.backup.TCPStats().Diverged)
+}
+
+// TestStandbyChecksumMismatch: the backup's application writes something
+// else than the main's: the checksum does not match, which is counted and
+// reported (the standby never had the main's bytes, so the replicating
+// layer must drop it), and nothing of it is applied.
+func TestStandbyChecksumMismatch(t *testing.T) {
+	tr := newTrio(t, 66)
+	c, _, cb := tr.dialAccept(t, 66)
+	sb := tr.hook.standbys[0]
+	start := sb.WrittenEnd()
+	main := []byte("the main's answer")
+	sum := crc32.Checksum(main, crc32.MakeTable(crc32.Castagnoli))
+	// Ahead: the standby's application wrote first.
+	_, err := cb.Write([]byte("the standby's own"))
+	require.NoError(t, err)
+	_, ok, err := sb.WrittenSum(start, len(main), sum)
+	require.ErrorIs(t, err, ErrDiverged)
+	require.False(t, ok)
+	require.Equal(t, start, sb.WrittenEnd(), "mismatched output applied")
+	require.EqualValues(t, 1, tr.backup.TCPStats().Diverged)
+	_ = c
+}
+
+// TestStandbyBytesQueueBehindChecksum: output shipped as bytes after a
+// checksum the standby cannot check yet waits behind it, and both apply
+// in order once the application writes; a checksum or bytes out of place
+// are refused.
+func TestStandbyBytesQueueBehindChecksum(t *testing.T) {
+	tr := newTrio(t, 67)
+	_, _, cb := tr.dialAccept(t, 67)
+	sb := tr.hook.standbys[0]
+	var checked []tcp.Seq
+	var mu sync.Mutex
+	sb.OnChecked(func(end tcp.Seq, err error) {
+		require.NoError(t, err)
+		mu.Lock()
+		checked = append(checked, end)
+		mu.Unlock()
+	})
+	start := sb.WrittenEnd()
+	first, second := []byte("checksummed part, "), []byte("then bytes")
+	_, ok, err := sb.WrittenSum(start, len(first), crc32.Checksum(first, crc32.MakeTable(crc32.Castagnoli)))
+	require.NoError(t, err)
+	require.False(t, ok, "checked before the application wrote")
+	_, err = sb.Written(start, second)
+	require.Error(t, err, "bytes over the checksummed run")
+	_, _, err = sb.WrittenSum(start.Add(1), 1, 0)
+	require.Error(t, err, "a checksum out of place")
+	_, _, err = sb.WrittenSum(start.Add(uint32(len(first))), MaxSummed+1, 0)
+	require.Error(t, err, "a checksum over too much")
+	n, err := sb.Written(start.Add(uint32(len(first))), second)
+	require.NoError(t, err)
+	require.Equal(t, len(second), n)
+	require.Equal(t, start, sb.WrittenEnd(), "applied before the checksum was checked")
+	_, err = cb.Write(append(bytes.Clone(first), second...))
+	require.NoError(t, err)
+	require.Equal(t, start.Add(uint32(len(first)+len(second))), sb.WrittenEnd())
+	mu.Lock()
+	require.Equal(t, []tcp.Seq{start.Add(uint32(len(first)))}, checked)
+	mu.Unlock()
+	require.Zero(t, tr.backup.TCPStats().Diverged)
+	ep := tr.standbyEP(t)
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	require.Zero(t, ep.held.Len(), "the application's bytes left held")
+	require.Empty(t, ep.outQ)
 }

@@ -191,9 +191,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 		ep.mu.Lock()
 		var n int
 		var err error
+		var notify func()
 		switch {
 		case ep.c.Standby():
 			n, err = ep.holdStandbyWriteLocked(p[total:])
+			if n > 0 && len(ep.outQ) > 0 {
+				notify = ep.checkHeldLocked()
+			}
 		case ep.held.Len() > 0:
 			// Gone live with bytes still held from the standby: these
 			// wait behind them (flushHeldLocked).
@@ -208,6 +212,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 			}
 		}
 		ep.mu.Unlock()
+		if notify != nil {
+			notify()
+		}
 		total += n
 		if err != nil {
 			if errors.Is(err, tcp.ErrWriteClosed) || errors.Is(err, tcp.ErrNotOpen) {
@@ -236,6 +243,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 // is idempotent; later calls to the Conn return net.ErrClosed.
 func (c *Conn) Close() error {
 	first := false
+	var notify func()
 	c.closeOnce.Do(func() {
 		first = true
 		close(c.closed)
@@ -253,12 +261,18 @@ func (c *Conn) Close() error {
 			// held bytes are all in the send buffer (flushHeldLocked).
 			ep.appClosed = true
 			ep.discardReceivedLocked()
+			if len(ep.outQ) > 0 {
+				notify = ep.checkHeldLocked() // it will never write them
+			}
 			ep.afterLocked(now)
 			return
 		}
 		ep.c.Close(now)
 		ep.afterLocked(now)
 	})
+	if notify != nil {
+		notify()
+	}
 	if !first {
 		return c.opError("close", net.ErrClosed)
 	}
@@ -270,6 +284,7 @@ func (c *Conn) CloseWrite() error {
 	if c.isClosed() {
 		return c.opError("close", net.ErrClosed)
 	}
+	var notify func()
 	c.writeShutOnce.Do(func() {
 		ep := c.ep
 		ep.mu.Lock()
@@ -278,12 +293,18 @@ func (c *Conn) CloseWrite() error {
 			// Held, as Close is, and after a standby went live until its
 			// held bytes are all in the send buffer (flushHeldLocked).
 			ep.appWriteClosed = true
+			if len(ep.outQ) > 0 {
+				notify = ep.checkHeldLocked() // it will never write them
+			}
 			return
 		}
 		now := time.Now()
 		ep.c.CloseWrite(now)
 		ep.afterLocked(now)
 	})
+	if notify != nil {
+		notify()
+	}
 	return nil
 }
 

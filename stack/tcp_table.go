@@ -314,6 +314,15 @@ type endpoint struct {
 	// connection goes live (the main's close is the one the client gets).
 	appClosed, appWriteClosed bool
 	cmpBuf                    []byte
+	// outQ is the main's output a hot standby has not applied yet because
+	// it knows the first of it only by checksum (Standby.WrittenSum):
+	// the application's held writes are checked against it as they come.
+	// outQueued counts the bytes of the entries that carry them.
+	outQ      []outEntry
+	outQueued int
+	// onChecked, if set (Standby.OnChecked), hears of the standby's
+	// application catching up with checksummed output.
+	onChecked func(end tcp.Seq, err error)
 	// The application's last checkpoint (main), or the state a resumed
 	// standby's application starts from (checkpoint.go).
 	ckpt      *checkpoint

@@ -69,6 +69,8 @@ func newCollector(src Source) *collector {
 				func(r *Report) float64 { return u(r.Diverged) }),
 			c("conns_dropped_total", "Connections that stopped being replicated (the main could not ship or the backup could not apply their changes) and went on unprotected.",
 				func(r *Report) float64 { return u(r.ConnsDropped) }),
+			c("output_summed_bytes_total", "Output bytes the main shipped to the backup as checksums for its hot standby to check, rather than as bytes.",
+				func(r *Report) float64 { return u(r.OutputSummed) }),
 
 			c("frames_in_total", "Ethernet frames read from the stack's device.",
 				func(r *Report) float64 { return u(r.FramesIn) }),

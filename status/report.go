@@ -58,6 +58,10 @@ type Report struct {
 	// because it could not ship or apply their changes; each went on
 	// unprotected (failover.Stats.ConnsDropped).
 	ConnsDropped uint64 `json:"conns_dropped"`
+	// OutputSummed counts the output bytes the main shipped to the backup
+	// as checksums for its hot standby to check, rather than as bytes
+	// (failover.Stats.OutputSummed).
+	OutputSummed uint64 `json:"output_summed_bytes"`
 
 	// FramesIn and FramesOut count Ethernet frames read from and written
 	// to the stack's device (stack.Stats).

@@ -229,6 +229,7 @@ func printReport(w io.Writer, r status.Report) {
 	row("standbys adopted", r.StandbysAdopted)
 	row("diverged", r.Diverged)
 	row("replication dropped", r.ConnsDropped)
+	row("checksummed bytes", r.OutputSummed)
 	row("frames in/out", fmt.Sprintf("%d / %d", r.FramesIn, r.FramesOut))
 	row("drops", r.Drops)
 	row("tcp segments in/out", fmt.Sprintf("%d / %d", r.TCPSegmentsIn, r.TCPSegmentsOut))

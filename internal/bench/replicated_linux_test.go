@@ -54,11 +54,16 @@ const (
 // slices).
 type replEnv struct {
 	runInfo
-	pair      *takeover.Pair
-	results   map[string]*result // test/mode
-	nodeRTT   *result            // kernel TCP round trips node 0 → node 1
-	stackRTT  *result            // RFSIS stack round trips node 0 → node 1
-	raceRetry int                // start-up races met while adding the backup
+	pair     *takeover.Pair
+	results  map[string]*result // test/mode
+	nodeRTT  *result            // kernel TCP round trips node 0 → node 1
+	stackRTT *result            // RFSIS stack round trips node 0 → node 1
+	// nodeEcho and stackEcho are bulk echoes over the same two paths,
+	// with the machine's CPU: what moving bytes between the nodes costs,
+	// from which the report derives the best ratio any replication of the
+	// input over that path could reach on this machine.
+	nodeEcho, stackEcho *result
+	raceRetry           int // start-up races met while adding the backup
 	// incidents are the pair's breakdowns seen after a replicated slice
 	// (the pair is then restarted and the slice run again).
 	incidents []string
@@ -150,12 +155,34 @@ func (e *replEnv) measureNodeRTT(b *testing.B) {
 	}
 	defer l.Close()
 	go Serve(l, Echo)
-	s, err := MeasureRR(runCtx, dialer(tp.Node(0), tp.NodeKernelAddr(1)), nodeRTTDur, 1)
+	dial := dialer(tp.Node(0), tp.NodeKernelAddr(1))
+	s, err := MeasureRR(runCtx, dial, nodeRTTDur, 1)
 	if err != nil {
 		b.Fatalf("node-to-node round trips: %v", err)
 	}
 	slices.Sort(s.Lat)
 	e.nodeRTT = &result{test: "node-rtt", impl: "kernel", rr: true, s: s}
+	if e.nodeEcho, err = measurePathEcho(dial); err != nil {
+		b.Fatalf("node-to-node echo: %v", err)
+	}
+}
+
+// measurePathEcho runs a bulk echo over dial for nodeRTTDur and records the
+// machine's CPU during it.
+func measurePathEcho(dial DialFunc) (*result, error) {
+	m0, err := MachineCPU()
+	if err != nil {
+		return nil, err
+	}
+	s, err := MeasureEcho(runCtx, dial, nodeRTTDur)
+	if err != nil {
+		return nil, err
+	}
+	m1, err := MachineCPU()
+	if err != nil {
+		return nil, err
+	}
+	return &result{test: "path-echo", s: s, machineCPU: m1 - m0}, nil
 }
 
 // measureStackRTT measures 64-byte round trips between two RFSIS stacks on
@@ -226,6 +253,9 @@ func (e *replEnv) measureStackRTT(b *testing.B, bin string) {
 	}
 	slices.Sort(s.Lat)
 	e.stackRTT = &result{test: "stack-rtt", impl: "rfsis", rr: true, s: s}
+	if e.stackEcho, err = measurePathEcho(dial); err != nil {
+		b.Fatalf("stack-to-stack echo: %v\n%s", err, tail(srv.Output(), 20))
+	}
 }
 
 // tails is the end of both nodes' logs, for a failure's message.
@@ -422,6 +452,27 @@ func (e *replEnv) report() string {
 		n.percentile(0.5), n.percentile(0.99), n.opsPerSec())
 	p("- RFSIS stack to RFSIS stack (TAPs, bridges and stacks: the sync channel's path): p50 %.1f µs, p99 %.1f µs, %.0f round trips/s\n",
 		sr.percentile(0.5), sr.percentile(0.99), sr.opsPerSec())
+
+	ne, se := e.nodeEcho, e.stackEcho
+	p("\nBulk echo over the same two paths, 1 connection, %v each (a byte echoed crosses the path twice):\n\n", nodeRTTDur)
+	p("- kernel TCP to kernel TCP: %.1f MB/s echoed, %.2f ms of machine CPU per MB echoed (%.2f cores busy)\n",
+		ne.mbps(), perMB(ne.machineCPU, ne), busy(ne))
+	p("- RFSIS stack to RFSIS stack: %.1f MB/s echoed, %.2f ms of machine CPU per MB echoed (%.2f cores busy)\n",
+		se.mbps(), perMB(se.machineCPU, se), busy(se))
+	// The bound: a replicated byte costs at least what the unreplicated
+	// echo costs plus one crossing of the sync path (half an echo over
+	// it), even with a standby that does no work and no authentication.
+	// On a machine that is CPU-bound in both modes throughput is
+	// inversely proportional to CPU per byte, so that is the best ratio.
+	unrepl := perMB(u("echo").machineCPU, u("echo"))
+	for _, path := range []struct {
+		name string
+		r    *result
+	}{{"the stacks' path (the sync channel's)", se}, {"kernel TCP", ne}} {
+		oneWay := perMB(path.r.machineCPU, path.r) / 2
+		p("- one crossing of %s costs %.2f ms/MB: a replication shipping each input byte once over it, with a free standby and no authentication, could reach at best %.0f%% of unreplicated throughput on this machine (%.2f / (%.2f + %.2f))\n",
+			path.name, oneWay, 100*unrepl/(unrepl+oneWay), unrepl, unrepl, oneWay)
+	}
 
 	added50 := r("rr1").percentile(0.5) - u("rr1").percentile(0.5)
 	added99 := r("rr1").percentile(0.99) - u("rr1").percentile(0.99)

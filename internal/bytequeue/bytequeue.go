@@ -28,8 +28,16 @@ func (q *Queue) Len() int { return len(q.buf) - q.off }
 // Bytes returns the queued bytes, valid until the next change.
 func (q *Queue) Bytes() []byte { return q.buf[q.off:] }
 
-// Append queues p at the back.
-func (q *Queue) Append(p []byte) { q.buf = append(q.buf, p...) }
+// Append queues p at the back. When p does not fit, the bytes consumed at
+// the front make room first if there are enough of them: growing would
+// copy the queue anyway, into a larger buffer.
+func (q *Queue) Append(p []byte) {
+	if len(q.buf)+len(p) > cap(q.buf) && q.off >= len(p) {
+		q.buf = q.buf[:copy(q.buf, q.buf[q.off:])]
+		q.off = 0
+	}
+	q.buf = append(q.buf, p...)
+}
 
 // Consume drops the first n bytes (all of them if n exceeds Len).
 func (q *Queue) Consume(n int) {

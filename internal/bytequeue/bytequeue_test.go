@@ -47,6 +47,17 @@ func TestQueueGivesBackBurstBuffer(t *testing.T) {
 	assert.NotZero(t, cap(q.buf), "a small buffer is kept for reuse")
 }
 
+func TestQueueReusesConsumedFront(t *testing.T) {
+	var q Queue
+	q.Append(bytes.Repeat([]byte{1}, 1000))
+	c := cap(q.buf)
+	q.Consume(400) // less than half: no move yet
+	q.Append(bytes.Repeat([]byte{2}, c-1000+100))
+	assert.Equal(t, c, cap(q.buf), "grown although the consumed front had room")
+	want := append(bytes.Repeat([]byte{1}, 600), bytes.Repeat([]byte{2}, c-1000+100)...)
+	assert.True(t, bytes.Equal(want, q.Bytes()))
+}
+
 // BenchmarkBacklog moves 32 KiB through a queue that holds a 4 MiB
 // backlog (one OUT frame's worth against a full send buffer, the hot
 // standby's steady state when its application lags): the Queue against

@@ -1,5 +1,7 @@
 package tcp
 
+import "hash/crc32"
+
 // ring is a byte queue over a circular buffer that grows on demand up to a
 // fixed limit. The receive side also writes ahead of the queue's end
 // (out-of-order data lands where it belongs) and later extends the queue
@@ -81,6 +83,21 @@ func (r *ring) appendTo(dst []byte, off, n int) []byte {
 	dst = append(dst, r.buf[i:i+k]...)
 	return append(dst, r.buf[:n-k]...)
 }
+
+// checksum extends crc (CRC-32C) with the n bytes at offset off, in
+// place.
+func (r *ring) checksum(crc uint32, off, n int) uint32 {
+	if n <= 0 {
+		return crc
+	}
+	i := (r.head + off) % len(r.buf)
+	k := min(n, len(r.buf)-i)
+	crc = crc32.Update(crc, castagnoli, r.buf[i:i+k])
+	return crc32.Update(crc, castagnoli, r.buf[:n-k])
+}
+
+// castagnoli is CRC-32C's table: the instruction set computes it.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // read moves up to len(p) queued bytes into p.
 func (r *ring) read(p []byte) int {

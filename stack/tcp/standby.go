@@ -51,6 +51,18 @@ func (c *Conn) AppendWrittenMax(dst []byte, from Seq, max int) ([]byte, error) {
 	return c.sndBuf.appendTo(dst, off, min(n, max)), nil
 }
 
+// WrittenChecksum is the CRC-32C of the n written bytes from sequence
+// number from (not yet acknowledged by the peer), computed in place: the
+// main ships a checksum of its output instead of the bytes when the
+// backup's hot standby produces them too (package failover).
+func (c *Conn) WrittenChecksum(from Seq, n int) (uint32, error) {
+	end := c.dataEnd()
+	if from.Less(c.sndBufSeq) || from.Greater(end) || n < 0 || n > int(end.Sub(from)) {
+		return 0, fmt.Errorf("%w: written bytes %d+%d not held (%d..%d)", ErrStandby, from, n, c.sndBufSeq, end)
+	}
+	return c.sndBuf.checksum(0, int(from.Sub(c.sndBufSeq)), n), nil
+}
+
 // Progress is what the backup needs to know of the client's side of the
 // connection to continue it: kept current with StandbyProgress.
 type Progress struct {
