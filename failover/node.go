@@ -377,7 +377,11 @@ func (n *Node) takeOver(now time.Time, epoch uint64, silence time.Duration) {
 	live := 0
 	for _, b := range sbs {
 		b.mu.Lock()
-		n.deliverLocked(b) // anything held back by a full buffer goes in now
+		// Anything held back by a full buffer goes in now, and the last
+		// progress again: a FIN it places after output checked since
+		// (checked) must not be missed.
+		b.progNew = true
+		n.deliverLocked(b)
 		b.mu.Unlock()
 		if err := b.sb.GoLive(b.sb.WrittenEnd(), 5); err != nil {
 			n.log.Warn("takeover: connection could not go live", "conn", b.sb.ID(), "err", err)
@@ -559,11 +563,15 @@ type gateEffect struct {
 	// (OUT bytes behind output shipped by checksum).
 	hasNeed bool
 	need    tcp.Seq
+	// sumHeld: the backup holds an OUTSUM; output waiting for its check
+	// starts the stall clock (sumStall) if it is not running.
+	sumHeld bool
 }
 
 func (g *gateEffect) merge(o gateEffect) {
 	g.openOK = g.openOK || o.openOK
 	g.closeOK = g.closeOK || o.closeOK
+	g.sumHeld = g.sumHeld || o.sumHeld
 	if o.hasAck && (!g.hasAck || g.ackLimit.Less(o.ackLimit)) {
 		g.hasAck, g.ackLimit = true, o.ackLimit
 	}
@@ -580,10 +588,14 @@ func (g gateEffect) apply() {
 		if g.hasAck && gt.AckLimit.Less(g.ackLimit) {
 			gt.AckLimit = g.ackLimit
 		}
+		mc, _ := g.r.Value.Load().(*mainConn)
+		if g.sumHeld && mc != nil && mc.checked != mc.sumEnd && mc.uncheckedSince.Load() == 0 {
+			mc.uncheckedSince.Store(time.Now().UnixNano())
+		}
 		if !g.hasSend || !gt.SendLimit.Less(g.sendLimit) {
 			return
 		}
-		if mc, _ := g.r.Value.Load().(*mainConn); g.hasNeed && mc != nil && mc.checked.Less(g.need) {
+		if g.hasNeed && mc != nil && mc.checked.Less(g.need) {
 			mc.blocked = append(mc.blocked, blockedOut{need: g.need, end: g.sendLimit})
 			return
 		}

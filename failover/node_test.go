@@ -502,3 +502,39 @@ func TestSilentStandbyDoesNotStallOutput(t *testing.T) {
 	require.Equal(t, uint64(1), mainNode.Failover().Stats().ConnsDropped.Load())
 	require.Zero(t, mainNode.Failover().ProtectedConns())
 }
+
+// TestLinesBehindChecksum: a handler writes a long run of output, which
+// goes as a checksum, then thousands of short lines, which go as bytes
+// and queue on the backup behind the checksum while its handler is late.
+// The queue holds them as one run: the copy is not dropped.
+func TestLinesBehindChecksum(t *testing.T) {
+	lines := func(delay time.Duration) func(chan<- *rfsis.Node) rfsis.App {
+		return listeningApp(func(ctx context.Context, l net.Listener) error {
+			return rfsis.Serve(ctx, l, func(c net.Conn) {
+				if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+					return
+				}
+				time.Sleep(delay)
+				if _, err := c.Write(make([]byte, 64<<10)); err != nil {
+					return
+				}
+				for range 5000 {
+					if _, err := c.Write([]byte("line...\n")); err != nil {
+						return
+					}
+				}
+				io.Copy(io.Discard, c)
+			})
+		})
+	}
+	_, client, mainNode, backupNode, _ := pairUpWith(t, lines(0), lines(300*time.Millisecond))
+	c := dialEcho(t, client)
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	_, err := c.Write([]byte{1})
+	require.NoError(t, err)
+	_, err = io.ReadFull(c, make([]byte, 64<<10+5000*8))
+	require.NoError(t, err)
+	require.NotZero(t, mainNode.Failover().Stats().OutputSummed.Load())
+	require.Zero(t, backupNode.Failover().Stats().ConnsDropped.Load())
+	require.Equal(t, 1, mainNode.Failover().ProtectedConns())
+}

@@ -12,9 +12,11 @@ import (
 	"github.com/zppratt/rfsis/stack/tcp"
 )
 
-// Lock order: a connection's lock (held in the hook callbacks), then a
-// backupConn's mu, then Node.mu, then a session's mu. Nothing calls into
-// a connection while holding Node.mu.
+// Lock order: a connection's lock (held in the hook callbacks), then
+// Node.mu, then a session's mu; on the backup, a backupConn's mu, then its
+// standby connection's lock (the callbacks OnRead and OnChecked run
+// after the connection's lock is released), then Node.mu. Nothing calls
+// into a connection while holding Node.mu.
 
 // mainConn is the main's record of one replicated connection.
 type mainConn struct {
@@ -287,16 +289,15 @@ const (
 // them (CHECKED, checkedByBackup).
 func shipSums(s *session, epoch uint64, r *stack.Replica, mc *mainConn, n int) (tcp.Seq, error) {
 	seq := mc.out
-	if mc.checked == mc.sumEnd {
-		mc.uncheckedSince.Store(time.Now().UnixNano())
-	}
 	for n > 0 {
 		k := min(n, sumChunk)
 		sum, err := r.WrittenChecksumLocked(seq, k)
 		if err != nil {
 			return seq, err
 		}
-		s.sendAs(epoch, Message{Type: MsgOutSum, Conn: r.ID(), DataSeq: seq, SumLen: uint32(k), Sum: sum}, effect{})
+		// The stall clock (sumStall) starts once the backup holds the
+		// OUTSUM, not while it waits behind other traffic.
+		s.sendAs(epoch, Message{Type: MsgOutSum, Conn: r.ID(), DataSeq: seq, SumLen: uint32(k), Sum: sum}, effect{gate: gateEffect{r: r, sumHeld: true}})
 		s.n.stats.OutputSummed.Add(uint64(k))
 		seq = seq.Add(uint32(k))
 		mc.sumEnd = seq
@@ -341,13 +342,19 @@ func (n *Node) checkedByBackup(m *Message) {
 		if g.SendLimit.Less(end) {
 			g.SendLimit = end
 		}
-		i := 0
-		for ; i < len(mc.blocked) && !end.Less(mc.blocked[i].need); i++ {
-			if g.SendLimit.Less(mc.blocked[i].end) {
-				g.SendLimit = mc.blocked[i].end
+		// Effects apply on two goroutines (onAcked), so blocked is not
+		// sorted: look at all of it.
+		still := mc.blocked[:0]
+		for _, b := range mc.blocked {
+			switch {
+			case end.Less(b.need):
+				still = append(still, b)
+			case g.SendLimit.Less(b.end):
+				g.SendLimit = b.end
 			}
 		}
-		mc.blocked = append(mc.blocked[:0], mc.blocked[i:]...)
+		clear(mc.blocked[len(still):])
+		mc.blocked = still
 	})
 	if bad {
 		n.stats.BadFrames.Add(1)
@@ -475,17 +482,19 @@ func (n *Node) dropStandby(s *session, m *Message, why error) {
 func (n *Node) checked(s *session, b *backupConn, end tcp.Seq, err error) {
 	id := b.sb.ID()
 	if err == nil {
-		s.send(Message{Type: MsgChecked, Conn: id, DataSeq: end}, effect{})
+		// The progress first: once the main hears of the check it may
+		// send the FIN after that output (invariant 4).
 		b.mu.Lock()
 		b.progNew = true
 		err = n.deliverLocked(b)
 		b.mu.Unlock()
 		if err == nil {
+			s.send(Message{Type: MsgChecked, Conn: id, DataSeq: end}, effect{})
 			return
 		}
 	}
-	if n.forgetStandby(id) == nil {
-		return // dropped already
+	if !n.forgetStandbyCopy(b) {
+		return // dropped already, or replaced by a newer copy
 	}
 	b.sb.Drop()
 	if errors.Is(err, stack.ErrDiverged) {
@@ -560,6 +569,20 @@ func (n *Node) forgetStandby(id tcp.FourTuple) *backupConn {
 	delete(n.standbys, id)
 	delete(n.waiting, b)
 	return b
+}
+
+// forgetStandbyCopy removes b from the node's tables if it is still the
+// copy of its connection, and reports whether it was.
+func (n *Node) forgetStandbyCopy(b *backupConn) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	id := b.sb.ID()
+	if n.standbys[id] != b {
+		return false
+	}
+	delete(n.standbys, id)
+	delete(n.waiting, b)
+	return true
 }
 
 // applyReplication applies one replication message on the backup. The

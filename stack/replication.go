@@ -362,19 +362,39 @@ func (ep *endpoint) queueOutLocked(e outEntry) error {
 	if e.seq != end {
 		return fmt.Errorf("%w: outbound bytes at %d, expected %d", tcp.ErrStandby, e.seq, end)
 	}
-	if ep.outQueued+e.n > maxOutQueued || len(ep.outQ) >= maxOutEntries {
-		return fmt.Errorf("%w: %d bytes of output in %d runs queued behind checksums", tcp.ErrStandby, ep.outQueued+e.n, len(ep.outQ)+1)
+	if ep.outQueued+e.n > maxOutQueued {
+		return fmt.Errorf("%w: %d bytes of output queued behind checksums", tcp.ErrStandby, ep.outQueued+e.n)
+	}
+	ep.outQueued += e.n
+	if k := len(ep.outQ); k > 0 && e.data != nil && ep.outQ[k-1].data != nil {
+		// Bytes after bytes make one run: a handler that writes a line at
+		// a time behind a checksum costs one entry, not one per write.
+		last := &ep.outQ[k-1]
+		last.data = append(last.data, e.data...)
+		last.n += e.n
+		return nil
+	}
+	if len(ep.outQ) >= maxOutEntries {
+		return fmt.Errorf("%w: %d runs of output queued behind checksums", tcp.ErrStandby, len(ep.outQ)+1)
 	}
 	ep.outQ = append(ep.outQ, e)
-	ep.outQueued += e.n
 	return nil
 }
 
 // drainOutLocked applies the queued output in order as far as the
 // application's held writes allow, checking those known by checksum. It
-// returns the end of the last checksummed run checked, ok if any was. The
-// caller holds ep.mu.
+// returns the end of the last checksummed run checked, ok if any was. On
+// an error the queue is emptied: the copy cannot go on, and the error is
+// reported once. The caller holds ep.mu.
 func (ep *endpoint) drainOutLocked() (checked tcp.Seq, ok bool, err error) {
+	checked, ok, err = ep.drainOutQueueLocked()
+	if err != nil {
+		ep.outQ, ep.outQueued = nil, 0
+	}
+	return checked, ok, err
+}
+
+func (ep *endpoint) drainOutQueueLocked() (checked tcp.Seq, ok bool, err error) {
 	for len(ep.outQ) > 0 {
 		e := ep.outQ[0]
 		if e.data != nil {

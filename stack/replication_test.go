@@ -692,3 +692,23 @@ func TestStandbyBytesQueueBehindChecksum(t *testing.T) {
 	require.Zero(t, ep.held.Len(), "the application's bytes left held")
 	require.Empty(t, ep.outQ)
 }
+
+// TestDroppedStandbyChecksNothing: a standby dropped with a checksum
+// still unchecked reports nothing more when its application then closes
+// its side: the copy is gone (a report would make the replicating layer
+// drop whatever copy holds that connection by then).
+func TestDroppedStandbyChecksNothing(t *testing.T) {
+	tr := newTrio(t, 68)
+	_, _, cb := tr.dialAccept(t, 68)
+	sb := tr.hook.standbys[0]
+	var calls []error
+	sb.OnChecked(func(end tcp.Seq, err error) { calls = append(calls, err) })
+	m := []byte("the main's answer")
+	_, _, err := sb.WrittenSum(sb.WrittenEnd(), len(m), crc32.Checksum(m, crc32.MakeTable(crc32.Castagnoli)))
+	require.NoError(t, err)
+	tr.main.SetReplicationHook(nil)
+	sb.Drop()
+	require.NoError(t, cb.(*Conn).CloseWrite())
+	require.Empty(t, calls)
+	require.Zero(t, tr.backup.TCPStats().Diverged)
+}

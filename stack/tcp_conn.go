@@ -289,12 +289,16 @@ func (c *Conn) CloseWrite() error {
 		ep := c.ep
 		ep.mu.Lock()
 		defer ep.mu.Unlock()
+		if ep.gone {
+			return
+		}
 		if ep.c.Standby() || ep.held.Len() > 0 {
 			// Held, as Close is, and after a standby went live until its
 			// held bytes are all in the send buffer (flushHeldLocked).
 			ep.appWriteClosed = true
 			if len(ep.outQ) > 0 {
 				notify = ep.checkHeldLocked() // it will never write them
+				ep.afterLocked(time.Now())
 			}
 			return
 		}

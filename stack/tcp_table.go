@@ -317,7 +317,7 @@ type endpoint struct {
 	// outQ is the main's output a hot standby has not applied yet because
 	// it knows the first of it only by checksum (Standby.WrittenSum):
 	// the application's held writes are checked against it as they come.
-	// outQueued counts the bytes of the entries that carry them.
+	// outQueued counts the output bytes it stands for.
 	outQ      []outEntry
 	outQueued int
 	// onChecked, if set (Standby.OnChecked), hears of the standby's
@@ -479,6 +479,7 @@ func (ep *endpoint) abort() {
 	}
 	now := time.Now()
 	ep.c.Abort(now)
+	ep.outQ, ep.outQueued = nil, 0 // nothing left to check
 	ep.afterLocked(now)
 }
 
