@@ -153,7 +153,8 @@
 //     is counted as divergence, and the backup drops its copy (it never
 //     had the main's bytes): the connection goes on unprotected with the
 //     main's output. A handler that never writes it costs the
-//     connection its protection after sumStall (1 s) without a check.
+//     connection its protection: sumStall (1 s) after the backup holds
+//     a checksum without checking anything.
 //   - CRC-32C detects accidental differences, which is what is at stake
 //     (a nondeterministic handler); the channel's MAC keeps forgeries out.
 //
