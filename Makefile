@@ -32,7 +32,7 @@ vet: ## go vet, gofmt check, and staticcheck when installed
 	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; \
 	else echo "staticcheck not installed; skipped"; fi
 
-bench: ## RFSIS vs kernel TCP, and the cost of replication, as root (~1.5 min; BENCHMARKS.md): go test -run '^$' -bench . -benchtime 1x -count 1 -timeout 20m ./internal/bench
+bench: ## RFSIS vs kernel TCP, and the cost of replication, as root (~2 min; BENCHMARKS.md): go test -run '^$' -bench . -benchtime 1x -count 1 -timeout 20m ./internal/bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 -timeout 20m ./internal/bench
 
 # The failover comparison (internal/failbench, BENCHMARKS.md): RFSIS

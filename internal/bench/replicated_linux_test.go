@@ -3,6 +3,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,6 +64,7 @@ type replEnv struct {
 	// from which the report derives the best ratio any replication of the
 	// input over that path could reach on this machine.
 	nodeEcho, stackEcho *result
+	port                int // the port that tells the main serves (EchoPort if 0)
 	raceRetry           int // start-up races met while adding the backup
 	// incidents are the pair's breakdowns seen after a replicated slice
 	// (the pair is then restarted and the slice run again).
@@ -105,6 +107,58 @@ func BenchmarkReplicated(b *testing.B) {
 		{name: "rr1", rr: true, run: rrTest(1)},
 		{name: "echo", run: MeasureEcho},
 	}
+	e.runSlices(b, tests)
+	progtest.CheckOutput(b, "main", e.pair.Main.Output())
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(e.results["rr1/"+modeRepl].opsPerSec()/e.results["rr1/"+modeUnrepl].opsPerSec(), "rr1-ratio")
+	b.ReportMetric(e.results["echo/"+modeRepl].mbps()/e.results["echo/"+modeUnrepl].mbps(), "echo-ratio")
+	writeReport(b, e.report())
+}
+
+// BenchmarkReplicatedOneWay is BenchmarkReplicated for one-way bulk
+// transfers, with rfsissink as the pair's application: the sink (the
+// client sends; only input reaches the backup) and the source (the
+// server sends a deterministic stream, which the backup's application
+// produces too: output by checksum). Between them they separate what
+// replicating input costs from what replicating output costs.
+func BenchmarkReplicatedOneWay(b *testing.B) {
+	netns.RequireTools(b, "ip")
+	e := &replEnv{runInfo: newRunInfo(b), results: map[string]*result{}, port: SinkPort}
+	bin, err := progtest.Build(b.TempDir(), "./internal/bench/rfsissink", false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tp := netns.New(b, netns.Options{Nodes: 2, NodeKernelAddrs: true})
+	e.pair = &takeover.Pair{TP: tp, Bin: bin, Dir: b.TempDir(), Misses: benchMisses}
+	e.startMain(b)
+	tests := []testDef{{name: "sink", run: MeasureSink}, {name: "source", run: MeasureSource}}
+	e.runSlices(b, tests)
+	progtest.CheckOutput(b, "main", e.pair.Main.Output())
+	b.ReportMetric(0, "ns/op")
+	var w strings.Builder
+	e.header(&w, "Replication cost, one way: rfsissink unreplicated vs replicated")
+	fmt.Fprintf(&w, "- same pair and slices as \"Replication cost\", with rfsissink as the application; MB = 10^6 bytes\n\n")
+	fmt.Fprintf(&w, "| test | unreplicated MB/s | replicated MB/s | ratio | machine CPU per MB, ms (unrepl. / repl.) | main / backup CPU per MB, ms (repl.) |\n|---|---:|---:|---:|---:|---:|\n")
+	for _, t := range tests {
+		u, r := e.results[t.name+"/"+modeUnrepl], e.results[t.name+"/"+modeRepl]
+		b.ReportMetric(r.mbps()/u.mbps(), t.name+"-ratio")
+		fmt.Fprintf(&w, "| %s | %.1f | %.1f | %.2f | %.2f / %.2f | %.2f / %.2f |\n", t.name, u.mbps(), r.mbps(), r.mbps()/u.mbps(),
+			msPerMB(u.machineCPU, u), msPerMB(r.machineCPU, r), msPerMB(r.serverCPU, r), msPerMB(r.peerCPU, r))
+	}
+	if e.tainted > 0 || len(e.incidents) > 0 {
+		fmt.Fprintf(&w, "\nThe pair broke down %d time(s) (%d slice(s) kept anyway):\n\n```\n%s\n```\n", len(e.incidents), e.tainted, strings.Join(e.incidents, "\n"))
+	}
+	writeReport(b, w.String())
+}
+
+// msPerMB is d per MB that r moved, in milliseconds.
+func msPerMB(d time.Duration, r *result) float64 {
+	return d.Seconds() * 1e3 / (float64(r.s.Bytes) / 1e6)
+}
+
+// runSlices measures tests in both modes, ABBA, with one backup start and
+// one backup loss.
+func (e *replEnv) runSlices(b *testing.B, tests []testDef) {
 	for _, t := range tests {
 		for _, m := range []string{modeUnrepl, modeRepl} {
 			e.results[t.name+"/"+m] = &result{test: t.name, impl: m, rr: t.rr}
@@ -137,11 +191,6 @@ func BenchmarkReplicated(b *testing.B) {
 	if runCtx.Err() != nil {
 		b.Fatal("interrupted")
 	}
-	progtest.CheckOutput(b, "main", e.pair.Main.Output())
-	b.ReportMetric(0, "ns/op")
-	b.ReportMetric(e.results["rr1/"+modeRepl].opsPerSec()/e.results["rr1/"+modeUnrepl].opsPerSec(), "rr1-ratio")
-	b.ReportMetric(e.results["echo/"+modeRepl].mbps()/e.results["echo/"+modeUnrepl].mbps(), "echo-ratio")
-	writeReport(b, e.report())
 }
 
 // measureNodeRTT measures 64-byte kernel TCP round trips from node 0's
@@ -277,7 +326,7 @@ func (e *replEnv) startMain(b *testing.B) {
 	if err := e.pair.StartMain(ctx); err != nil {
 		b.Fatalf("starting the main: %v\n%s", err, e.tails())
 	}
-	if err := waitServing(e.pair.TP, EchoPort); err != nil {
+	if err := waitServing(e.pair.TP, cmp.Or(e.port, EchoPort)); err != nil {
 		b.Fatalf("main pid %d: %v\n%s", e.pair.Main.Pid(), err, e.tails())
 	}
 	b.Logf("main pid %d serving %s from %s", e.pair.Main.Pid(), e.pair.Service(), e.pair.TP.Node(0).Name())
@@ -440,7 +489,7 @@ func (e *replEnv) report() string {
 	p("| echo: longest wait for progress, ms | %.1f | %.1f | |\n",
 		float64(u("echo").s.MaxGap.Microseconds())/1e3, float64(r("echo").s.MaxGap.Microseconds())/1e3)
 	busy := func(r *result) float64 { return r.machineCPU.Seconds() / r.s.Elapsed.Seconds() }
-	perMB := func(d time.Duration, r *result) float64 { return d.Seconds() * 1e3 / (float64(r.s.Bytes) / 1e6) }
+	perMB := msPerMB
 	line("echo: machine CPU busy, cores", busy(u("echo")), busy(r("echo")), 2)
 	line("echo: machine CPU per MB echoed, ms", perMB(u("echo").machineCPU, u("echo")), perMB(r("echo").machineCPU, r("echo")), 2)
 	p("| echo: main / backup CPU per MB echoed, ms | %.2f / – | %.2f / %.2f | |\n",
