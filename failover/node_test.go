@@ -506,7 +506,8 @@ func TestSilentStandbyDoesNotStallOutput(t *testing.T) {
 // TestLinesBehindChecksum: a handler writes a long run of output, which
 // goes as a checksum, then thousands of short lines, which go as bytes
 // and queue on the backup behind the checksum while its handler is late.
-// The queue holds them as one run: the copy is not dropped.
+// The queue holds them as one run: the copy is not dropped; and none of
+// it reaches the client before the backup has checked the run.
 func TestLinesBehindChecksum(t *testing.T) {
 	lines := func(delay time.Duration) func(chan<- *rfsis.Node) rfsis.App {
 		return listeningApp(func(ctx context.Context, l net.Listener) error {
@@ -530,8 +531,18 @@ func TestLinesBehindChecksum(t *testing.T) {
 	_, client, mainNode, backupNode, _ := pairUpWith(t, lines(0), lines(300*time.Millisecond))
 	c := dialEcho(t, client)
 	c.SetDeadline(time.Now().Add(20 * time.Second))
+	// Output goes by checksum once the backup's first CHECKED, sent when
+	// it adopts the connection, has reached the main: give it time.
+	time.Sleep(100 * time.Millisecond)
 	_, err := c.Write([]byte{1})
 	require.NoError(t, err)
+	// Nothing reaches the client before the backup's handler has written
+	// the checksummed run: not it, and not the lines the backup holds
+	// behind it (their acknowledgement must not open the gate).
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, os.ErrDeadlineExceeded, "the client got output the backup had not checked")
+	c.SetDeadline(time.Now().Add(20 * time.Second))
 	_, err = io.ReadFull(c, make([]byte, 64<<10+5000*8))
 	require.NoError(t, err)
 	require.NotZero(t, mainNode.Failover().Stats().OutputSummed.Load())

@@ -468,7 +468,7 @@ func (n *Node) backupDropped(id tcp.FourTuple) {
 // dropped session would look like a dead main.
 func (n *Node) dropStandby(s *session, m *Message, why error) {
 	n.log.Warn("sync: cannot apply a message; dropping that connection's copy", "msg", m.String(), "err", why)
-	if b := n.forgetStandby(m.Conn); b != nil {
+	if b := n.forgetStandby(m.Conn, nil); b != nil {
 		b.sb.Drop()
 	}
 	n.stats.ConnsDropped.Add(1)
@@ -493,7 +493,7 @@ func (n *Node) checked(s *session, b *backupConn, end tcp.Seq, err error) {
 			return
 		}
 	}
-	if !n.forgetStandbyCopy(b) {
+	if n.forgetStandby(id, b) == nil {
 		return // dropped already, or replaced by a newer copy
 	}
 	b.sb.Drop()
@@ -560,29 +560,19 @@ func (n *Node) takeStandbysLocked() []*backupConn {
 	return sbs
 }
 
-// forgetStandby removes one copy from the node's tables and returns it
-// (nil if it had none).
-func (n *Node) forgetStandby(id tcp.FourTuple) *backupConn {
+// forgetStandby removes the copy of id from the node's tables and
+// returns it (nil if it had none). With only set, it removes that copy
+// alone: a newer one in its place stays.
+func (n *Node) forgetStandby(id tcp.FourTuple, only *backupConn) *backupConn {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	b := n.standbys[id]
-	delete(n.standbys, id)
-	delete(n.waiting, b)
-	return b
-}
-
-// forgetStandbyCopy removes b from the node's tables if it is still the
-// copy of its connection, and reports whether it was.
-func (n *Node) forgetStandbyCopy(b *backupConn) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	id := b.sb.ID()
-	if n.standbys[id] != b {
-		return false
+	if only != nil && b != only {
+		return nil
 	}
 	delete(n.standbys, id)
 	delete(n.waiting, b)
-	return true
+	return b
 }
 
 // applyReplication applies one replication message on the backup. The
@@ -684,7 +674,7 @@ func (n *Node) applyReplication(s *session, m *Message) error {
 		b.prog, b.hasProg, b.progNew = m.Progress, true, true
 		return n.deliverLocked(b)
 	case MsgClose:
-		n.forgetStandby(m.Conn)
+		n.forgetStandby(m.Conn, nil)
 		b.sb.Drop()
 	}
 	return nil

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"sync/atomic"
 	"time"
 
@@ -274,7 +273,7 @@ func (sb *Standby) Written(seq tcp.Seq, data []byte) (int, error) {
 		return 0, err
 	}
 	if len(ep.outQ) > 0 {
-		if err := ep.queueOutLocked(outEntry{seq: seq, n: len(data), data: bytes.Clone(data)}); err != nil {
+		if err := ep.queueOutLocked(outEntry{seq: seq, n: len(data), data: data}); err != nil {
 			return 0, err
 		}
 		return len(data), nil
@@ -353,7 +352,8 @@ func (sb *Standby) WrittenSum(seq tcp.Seq, n int, sum uint32) (checked tcp.Seq, 
 }
 
 // queueOutLocked appends e to the queue after checking that it follows
-// what the standby holds and queues. The caller holds ep.mu.
+// what the standby holds and queues; it keeps a copy of e.data. The
+// caller holds ep.mu.
 func (ep *endpoint) queueOutLocked(e outEntry) error {
 	end := ep.c.WrittenEnd()
 	if k := len(ep.outQ); k > 0 {
@@ -376,6 +376,9 @@ func (ep *endpoint) queueOutLocked(e outEntry) error {
 	}
 	if len(ep.outQ) >= maxOutEntries {
 		return fmt.Errorf("%w: %d runs of output queued behind checksums", tcp.ErrStandby, len(ep.outQ)+1)
+	}
+	if e.data != nil {
+		e.data = bytes.Clone(e.data)
 	}
 	ep.outQ = append(ep.outQ, e)
 	return nil
@@ -400,10 +403,12 @@ func (ep *endpoint) drainOutQueueLocked() (checked tcp.Seq, ok bool, err error) 
 		if e.data != nil {
 			// A difference is counted (writtenLocked); the main's bytes
 			// are applied anyway, as Written does.
-			if k, err := ep.writtenLocked(e.seq, e.data); k < e.n && (err == nil || errors.Is(err, ErrDiverged)) {
-				return checked, ok, fmt.Errorf("%w: %d queued output bytes, %d fit in the send buffer", tcp.ErrStandby, e.n, k)
-			} else if err != nil && !errors.Is(err, ErrDiverged) {
+			k, err := ep.writtenLocked(e.seq, e.data)
+			if err != nil && !errors.Is(err, ErrDiverged) {
 				return checked, ok, err
+			}
+			if k < e.n {
+				return checked, ok, fmt.Errorf("%w: %d queued output bytes, %d fit in the send buffer", tcp.ErrStandby, e.n, k)
 			}
 		} else {
 			// Held bytes start where the standby's output ends (they are
@@ -416,7 +421,7 @@ func (ep *endpoint) drainOutQueueLocked() (checked tcp.Seq, ok bool, err error) 
 				break
 			}
 			b := ep.held.Bytes()[:e.n]
-			if crc32.Checksum(b, castagnoli) != e.sum {
+			if tcp.OutputChecksum(b) != e.sum {
 				ep.t.n.diverged.Add(1)
 				return checked, ok, fmt.Errorf("%w: output %d+%d differs from the main's checksum", ErrDiverged, e.seq, e.n)
 			}
@@ -449,9 +454,6 @@ func (ep *endpoint) checkHeldLocked() func() {
 	}
 	return nil
 }
-
-// castagnoli is CRC-32C's table, as package tcp computes the main's sums.
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // OnChecked has fn called when the standby's application writes output
 // that the main had shipped by checksum (WrittenSum): with the end of the

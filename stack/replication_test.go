@@ -632,7 +632,7 @@ func TestStandbyChecksummedOutput(t *testing.T) {
 // layer must drop it), and nothing of it is applied.
 func TestStandbyChecksumMismatch(t *testing.T) {
 	tr := newTrio(t, 66)
-	c, _, cb := tr.dialAccept(t, 66)
+	_, _, cb := tr.dialAccept(t, 66)
 	sb := tr.hook.standbys[0]
 	start := sb.WrittenEnd()
 	main := []byte("the main's answer")
@@ -645,7 +645,6 @@ func TestStandbyChecksumMismatch(t *testing.T) {
 	require.False(t, ok)
 	require.Equal(t, start, sb.WrittenEnd(), "mismatched output applied")
 	require.EqualValues(t, 1, tr.backup.TCPStats().Diverged)
-	_ = c
 }
 
 // TestStandbyBytesQueueBehindChecksum: output shipped as bytes after a

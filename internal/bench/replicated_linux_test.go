@@ -3,7 +3,6 @@
 package bench
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,7 +63,7 @@ type replEnv struct {
 	// from which the report derives the best ratio any replication of the
 	// input over that path could reach on this machine.
 	nodeEcho, stackEcho *result
-	port                int // the port that tells the main serves (EchoPort if 0)
+	port                int // a port the main serves once it is up
 	raceRetry           int // start-up races met while adding the backup
 	// incidents are the pair's breakdowns seen after a replicated slice
 	// (the pair is then restarted and the slice run again).
@@ -86,19 +85,9 @@ type replEnv struct {
 // round trip between the two nodes, the unit of the issue's latency target,
 // and prints a table with the ratios.
 func BenchmarkReplicated(b *testing.B) {
-	netns.RequireTools(b, "ip")
-	e := &replEnv{runInfo: newRunInfo(b), results: map[string]*result{}}
-	bin, err := progtest.Build(b.TempDir(), "./cmd/echoserver", false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The pair's configs are internal/takeover's: identical but for
-	// "backup". netns's cleanup kills the nodes.
-	tp := netns.New(b, netns.Options{Nodes: 2, NodeKernelAddrs: true})
-	e.pair = &takeover.Pair{TP: tp, Bin: bin, Dir: b.TempDir(), Misses: benchMisses}
-
+	e := newReplEnv(b, "./cmd/echoserver", EchoPort)
 	e.measureNodeRTT(b)
-	e.measureStackRTT(b, bin)
+	e.measureStackRTT(b, e.pair.Bin)
 	e.startMain(b)
 	// MeasureEcho half-closes while echoed bytes are still in flight,
 	// which once broke a replicated pair (BENCHMARKS.md, "Replication
@@ -122,14 +111,7 @@ func BenchmarkReplicated(b *testing.B) {
 // produces too: output by checksum). Between them they separate what
 // replicating input costs from what replicating output costs.
 func BenchmarkReplicatedOneWay(b *testing.B) {
-	netns.RequireTools(b, "ip")
-	e := &replEnv{runInfo: newRunInfo(b), results: map[string]*result{}, port: SinkPort}
-	bin, err := progtest.Build(b.TempDir(), "./internal/bench/rfsissink", false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	tp := netns.New(b, netns.Options{Nodes: 2, NodeKernelAddrs: true})
-	e.pair = &takeover.Pair{TP: tp, Bin: bin, Dir: b.TempDir(), Misses: benchMisses}
+	e := newReplEnv(b, "./internal/bench/rfsissink", SinkPort)
 	e.startMain(b)
 	tests := []testDef{{name: "sink", run: MeasureSink}, {name: "source", run: MeasureSource}}
 	e.runSlices(b, tests)
@@ -149,6 +131,22 @@ func BenchmarkReplicatedOneWay(b *testing.B) {
 		fmt.Fprintf(&w, "\nThe pair broke down %d time(s) (%d slice(s) kept anyway):\n\n```\n%s\n```\n", len(e.incidents), e.tainted, strings.Join(e.incidents, "\n"))
 	}
 	writeReport(b, w.String())
+}
+
+// newReplEnv builds the program pkg and prepares a pair of it in a new
+// topology of two nodes; port is one its main serves once it is up.
+func newReplEnv(b *testing.B, pkg string, port int) *replEnv {
+	netns.RequireTools(b, "ip")
+	e := &replEnv{runInfo: newRunInfo(b), results: map[string]*result{}, port: port}
+	bin, err := progtest.Build(b.TempDir(), pkg, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The pair's configs are internal/takeover's: identical but for
+	// "backup". netns's cleanup kills the nodes.
+	tp := netns.New(b, netns.Options{Nodes: 2, NodeKernelAddrs: true})
+	e.pair = &takeover.Pair{TP: tp, Bin: bin, Dir: b.TempDir(), Misses: benchMisses}
+	return e
 }
 
 // msPerMB is d per MB that r moved, in milliseconds.
@@ -326,7 +324,7 @@ func (e *replEnv) startMain(b *testing.B) {
 	if err := e.pair.StartMain(ctx); err != nil {
 		b.Fatalf("starting the main: %v\n%s", err, e.tails())
 	}
-	if err := waitServing(e.pair.TP, cmp.Or(e.port, EchoPort)); err != nil {
+	if err := waitServing(e.pair.TP, e.port); err != nil {
 		b.Fatalf("main pid %d: %v\n%s", e.pair.Main.Pid(), err, e.tails())
 	}
 	b.Logf("main pid %d serving %s from %s", e.pair.Main.Pid(), e.pair.Service(), e.pair.TP.Node(0).Name())

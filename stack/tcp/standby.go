@@ -3,6 +3,7 @@ package tcp
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"time"
 )
 
@@ -62,6 +63,10 @@ func (c *Conn) WrittenChecksum(from Seq, n int) (uint32, error) {
 	}
 	return c.sndBuf.checksum(0, int(from.Sub(c.sndBufSeq)), n), nil
 }
+
+// OutputChecksum is the checksum WrittenChecksum computes, of p: the
+// standby's side of the comparison.
+func OutputChecksum(p []byte) uint32 { return crc32.Checksum(p, castagnoli) }
 
 // Progress is what the backup needs to know of the client's side of the
 // connection to continue it: kept current with StandbyProgress.
